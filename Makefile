@@ -1,0 +1,33 @@
+# The README's commands. `make train` and `make test` work on a fresh machine with only
+# a Rust toolchain and Python 3 installed: `setup` fetches the pinned PyTorch wheel
+# (which carries libtorch) into .venv, and the build links against it.
+.PHONY: setup build train test lint bench fixtures clean-runs
+
+ARGS ?=
+
+setup:
+	@tools/setup-libtorch.sh
+
+build: setup
+	cargo build --release
+
+# Train the default preset (mnist-doubling-small) into runs/; pass options with ARGS="...".
+train: build
+	./target/release/vnca train $(ARGS)
+
+lint: setup
+	cargo fmt --all -- --check
+	cargo clippy --release --all-targets -- -D warnings
+
+# Format and lint checks, then every test (numerics against PyTorch fixtures, readers,
+# checkpoints, CLI end to end).
+test: lint
+	cargo test --release
+
+# Regenerate the PyTorch fixtures under tests/fixtures (committed; only needed when
+# tools/make_fixtures.py changes).
+fixtures: setup
+	.venv/bin/python tools/make_fixtures.py tests/fixtures
+
+bench: build
+	./target/release/vnca bench $(ARGS)

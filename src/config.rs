@@ -1,0 +1,372 @@
+//! Run configuration: one TOML file per experiment (`configs/*.toml`), parsed with serde,
+//! validated up front so that a bad value fails with one line naming the field instead of
+//! a tensor-shape panic an hour into training. The config is saved next to every run's
+//! outputs and inside every checkpoint, so a run directory describes itself.
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// The presets shipped in `configs/`, compiled in so `--preset NAME` works from any directory.
+pub const PRESETS: &[(&str, &str)] = &[
+    (
+        "mnist-doubling-small",
+        include_str!("../configs/mnist-doubling-small.toml"),
+    ),
+    (
+        "mnist-doubling",
+        include_str!("../configs/mnist-doubling.toml"),
+    ),
+    ("tiny-test", include_str!("../configs/tiny-test.toml")),
+];
+
+/// The preset `vnca train` uses when given neither `--config` nor `--preset`.
+pub const DEFAULT_PRESET: &str = "mnist-doubling-small";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("`{path}`: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("`{origin}`: {msg}")]
+    Parse { origin: String, msg: String },
+    #[error("`{origin}`: invalid value for `{field}`: {msg}")]
+    Invalid {
+        origin: String,
+        field: &'static str,
+        msg: String,
+    },
+    #[error("unknown preset `{0}` (known: {1})")]
+    UnknownPreset(String, String),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Free-form name, shown in logs.
+    pub name: String,
+    pub model: ModelConfig,
+    pub data: DataConfig,
+    pub train: TrainConfig,
+}
+
+/// Which decoder grows the image from z (PAPER.md 3.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DecoderKind {
+    /// z broadcast to a 2x2 grid, then (double every cell, run steps) until `image_size`.
+    Doubling,
+}
+
+/// p(x|z) read from the final cell states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LikelihoodKind {
+    /// Bernoulli with logits = state channel 0 (binary images).
+    Bernoulli,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Latent size Z; also the number of channels of every cell's state.
+    pub z_dim: i64,
+    /// Hidden width of the update network's residual blocks.
+    pub hidden: i64,
+    /// Number of residual blocks in the update network (4 in the paper).
+    #[serde(default = "default_n_residual")]
+    pub n_residual: usize,
+    /// Width of the encoder's first convolution; it doubles at each of the 5 layers (32 in the paper).
+    #[serde(default = "default_encoder_width")]
+    pub encoder_width: i64,
+    /// Image channels (1 for MNIST).
+    #[serde(default = "default_channels")]
+    pub channels: i64,
+    /// Side of the (square) image and of the final grid; a power of two for `doubling`.
+    pub image_size: i64,
+    pub decoder: DecoderKind,
+    /// NCA steps after the seed and after every doubling (8 in the paper).
+    pub steps_per_stage: usize,
+    /// Probability that a cell applies its update at a step (1.0 = synchronous, deterministic).
+    #[serde(default = "default_p_update")]
+    pub p_update: f64,
+    pub likelihood: LikelihoodKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Only `binarized-mnist` for now.
+    pub dataset: String,
+    /// The packed file written by `vnca data binarize-mnist`, or a directory holding the
+    /// Larochelle `binarized_mnist_{train,valid,test}.amat` files. Relative paths are
+    /// resolved against the current directory.
+    #[serde(default = "default_data_path")]
+    pub path: PathBuf,
+    /// Splits trained on. The reference trained on train+valid; we keep valid for model
+    /// selection by default (see docs/EXPERIMENTS.md).
+    #[serde(default = "default_train_splits")]
+    pub train_splits: Vec<String>,
+    /// Split used for the periodic evaluation and the `best` checkpoint.
+    #[serde(default = "default_val_split")]
+    pub val_split: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    pub batch_size: i64,
+    pub lr: f64,
+    #[serde(default = "default_betas")]
+    pub adam_betas: [f64; 2],
+    #[serde(default = "default_eps")]
+    pub adam_eps: f64,
+    /// Global L2 gradient-norm clip (PyTorch `clip_grad_norm_`).
+    pub grad_clip: f64,
+    /// KL weight of the ELBO (1 = the true ELBO).
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// Total number of gradient updates.
+    pub steps: u64,
+    /// Evaluate on the validation split, write checkpoints and pictures every this many steps.
+    pub eval_every: u64,
+    /// Number of validation images per evaluation (the first N of the split, fixed noise).
+    pub eval_images: usize,
+    /// Importance samples per image in the periodic evaluation (1 = single-sample ELBO).
+    #[serde(default = "default_eval_iw")]
+    pub eval_iw_samples: i64,
+    /// Seed of every random stream (init, data order, noise).
+    #[serde(default)]
+    pub seed: u64,
+}
+
+fn default_n_residual() -> usize {
+    4
+}
+fn default_encoder_width() -> i64 {
+    32
+}
+fn default_channels() -> i64 {
+    1
+}
+fn default_p_update() -> f64 {
+    1.0
+}
+fn default_data_path() -> PathBuf {
+    PathBuf::from("data/binarized_mnist.vbm.gz")
+}
+fn default_train_splits() -> Vec<String> {
+    vec!["train".into()]
+}
+fn default_val_split() -> String {
+    "valid".into()
+}
+fn default_betas() -> [f64; 2] {
+    [0.9, 0.999]
+}
+fn default_eps() -> f64 {
+    1e-8
+}
+fn default_beta() -> f64 {
+    1.0
+}
+fn default_eval_iw() -> i64 {
+    1
+}
+
+impl Config {
+    /// Parse and validate TOML text; `origin` names the file or preset in errors.
+    pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            origin: origin.to_string(),
+            msg: e.message().to_string() + &span_hint(text, e.span()),
+        })?;
+        cfg.validate(origin)?;
+        Ok(cfg)
+    }
+
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::from_toml_str(&text, &path.display().to_string())
+    }
+
+    pub fn preset(name: &str) -> Result<Config, ConfigError> {
+        let (_, text) = PRESETS.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            let known: Vec<&str> = PRESETS.iter().map(|(n, _)| *n).collect();
+            ConfigError::UnknownPreset(name.to_string(), known.join(", "))
+        })?;
+        Self::from_toml_str(text, &format!("preset {name}"))
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("a Config always serializes to TOML")
+    }
+
+    /// Number of doublings from the 2x2 seed to `image_size` (4 for 32x32).
+    pub fn n_doublings(&self) -> usize {
+        (self.model.image_size as u64).trailing_zeros() as usize - 1
+    }
+
+    fn validate(&self, origin: &str) -> Result<(), ConfigError> {
+        let bad = |field: &'static str, msg: String| {
+            Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                field,
+                msg,
+            })
+        };
+        let m = &self.model;
+        if m.z_dim < 1 {
+            return bad("model.z_dim", format!("{} (must be >= 1)", m.z_dim));
+        }
+        if m.hidden < 1 {
+            return bad("model.hidden", format!("{} (must be >= 1)", m.hidden));
+        }
+        if m.encoder_width < 1 {
+            return bad(
+                "model.encoder_width",
+                format!("{} (must be >= 1)", m.encoder_width),
+            );
+        }
+        if m.channels != 1 {
+            return bad(
+                "model.channels",
+                format!("{} (Bernoulli models are 1-channel)", m.channels),
+            );
+        }
+        let s = m.image_size;
+        if s < 16 || (s as u64).count_ones() != 1 {
+            return bad(
+                "model.image_size",
+                format!(
+                    "{s} (the doubling decoder and the 5-layer encoder need a power of two >= 16)"
+                ),
+            );
+        }
+        if m.steps_per_stage == 0 {
+            return bad("model.steps_per_stage", "0 (must be >= 1)".into());
+        }
+        if !(m.p_update > 0.0 && m.p_update <= 1.0) {
+            return bad(
+                "model.p_update",
+                format!("{} (must be in (0, 1])", m.p_update),
+            );
+        }
+        if self.data.dataset != "binarized-mnist" {
+            return bad(
+                "data.dataset",
+                format!("`{}` (supported: binarized-mnist)", self.data.dataset),
+            );
+        }
+        let splits = ["train", "valid", "test"];
+        for sp in self.data.train_splits.iter().chain([&self.data.val_split]) {
+            if !splits.contains(&sp.as_str()) {
+                return bad(
+                    "data.train_splits/val_split",
+                    format!("`{sp}` (splits: train, valid, test)"),
+                );
+            }
+        }
+        if self.data.train_splits.is_empty() {
+            return bad("data.train_splits", "empty".into());
+        }
+        if self.data.train_splits.contains(&self.data.val_split) {
+            return bad(
+                "data.val_split",
+                format!(
+                    "`{}` is also trained on; validation must be held out",
+                    self.data.val_split
+                ),
+            );
+        }
+        let t = &self.train;
+        if t.batch_size < 1 {
+            return bad(
+                "train.batch_size",
+                format!("{} (must be >= 1)", t.batch_size),
+            );
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return bad("train.lr", format!("{} (must be > 0)", t.lr));
+        }
+        if t.grad_clip.is_nan() || t.grad_clip <= 0.0 {
+            return bad("train.grad_clip", format!("{} (must be > 0)", t.grad_clip));
+        }
+        if !(t.beta >= 0.0 && t.beta.is_finite()) {
+            return bad("train.beta", format!("{} (must be >= 0)", t.beta));
+        }
+        if t.adam_betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return bad(
+                "train.adam_betas",
+                format!("{:?} (each in [0, 1))", t.adam_betas),
+            );
+        }
+        if t.eval_every == 0 {
+            return bad("train.eval_every", "0 (must be >= 1)".into());
+        }
+        if t.eval_iw_samples < 1 {
+            return bad(
+                "train.eval_iw_samples",
+                format!("{} (must be >= 1)", t.eval_iw_samples),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// " (line L, column C)" for a TOML error span, so users find the bad key quickly.
+fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else {
+        return String::new();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!(" (line {line}, column {col})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_preset_parses() {
+        for (name, _) in PRESETS {
+            Config::preset(name).unwrap();
+        }
+    }
+
+    #[test]
+    fn round_trips_through_toml() {
+        let c = Config::preset("mnist-doubling").unwrap();
+        let back = Config::from_toml_str(&c.to_toml(), "x").unwrap();
+        assert_eq!(c, back);
+        assert_eq!(c.n_doublings(), 4);
+    }
+
+    #[test]
+    fn rejects_bad_values_naming_the_field() {
+        let good = Config::preset("tiny-test").unwrap().to_toml();
+        let cases = [
+            ("p_update = 1.0", "p_update = 1.5", "model.p_update"),
+            ("image_size = 32", "image_size = 48", "model.image_size"),
+            ("batch_size = 4", "batch_size = -1", "train.batch_size"),
+        ];
+        for (from, to, field) in cases {
+            assert!(good.contains(from), "{from}");
+            let err = Config::from_toml_str(&good.replace(from, to), "t.toml").unwrap_err();
+            let msg = err.to_string();
+            assert!(msg.contains(field) && msg.contains("t.toml"), "{msg}");
+        }
+        let err = Config::from_toml_str(&good.replace("[model]", "[model]\nzdim = 3"), "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown field `zdim`") && err.contains("line"),
+            "{err}"
+        );
+    }
+}

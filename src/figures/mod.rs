@@ -1,0 +1,2 @@
+//! Pictures of what the model does: grids of images, and the growth of samples.
+pub mod grid;

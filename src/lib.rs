@@ -1,0 +1,17 @@
+//! `vnca`: Variational Neural Cellular Automata (Palm et al., ICLR 2022) on libtorch.
+//!
+//! Data flows `data -> dataset -> model (encoder -> NCA decoder) -> likelihood ->
+//! objective -> train / eval -> figures`; `cli` maps the command line onto these.
+pub mod cli;
+pub mod config;
+pub mod data;
+pub mod dataset;
+pub mod device;
+pub mod eval;
+pub mod figures;
+pub mod likelihood;
+pub mod model;
+pub mod noise;
+pub mod objective;
+pub mod restore;
+pub mod train;

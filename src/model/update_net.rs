@@ -1,0 +1,44 @@
+//! The update network shared by every cell and every step: a 3x3 convolution (the only
+//! place cells see their neighbours), four residual blocks of 1x1 convolutions, and a
+//! zero-initialised 1x1 convolution back to the state size (PAPER.md 3.5).
+use super::layers::{conv2d, zero_conv1x1};
+use crate::config::ModelConfig;
+use tch::{nn, nn::Module, Tensor};
+
+#[derive(Debug)]
+pub struct UpdateNet {
+    perceive: nn::Conv2D,
+    blocks: Vec<(nn::Conv2D, nn::Conv2D)>,
+    out: nn::Conv2D,
+}
+
+impl UpdateNet {
+    /// Names: `0` (3x3), `1..=n`.delegate.{0,2} (residual blocks), `n+1` (output); the
+    /// reference's `Sequential(Conv, Residual(Conv, ELU, Conv) x4, Conv)`.
+    pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Self {
+        let (z, h) = (cfg.z_dim, cfg.hidden);
+        let perceive = conv2d(p / 0, z, h, 3, 1, 1);
+        let blocks = (1..=cfg.n_residual)
+            .map(|i| {
+                let d = p / i / "delegate";
+                (conv2d(&d / 0, h, h, 1, 1, 0), conv2d(&d / 2, h, h, 1, 1, 0))
+            })
+            .collect();
+        let out = zero_conv1x1(p / (cfg.n_residual + 1), h, z);
+        UpdateNet {
+            perceive,
+            blocks,
+            out,
+        }
+    }
+
+    /// state: [N, Z, H, W] -> update: [N, Z, H, W]. No nonlinearity between the 3x3
+    /// convolution and the first block, as in the reference.
+    pub fn forward(&self, state: &Tensor) -> Tensor {
+        let mut h = self.perceive.forward(state); // [N, hidden, H, W]
+        for (a, b) in &self.blocks {
+            h = b.forward(&a.forward(&h).elu()) + h;
+        }
+        self.out.forward(&h) // [N, Z, H, W]
+    }
+}

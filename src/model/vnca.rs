@@ -1,0 +1,92 @@
+//! The whole model: encoder, NCA decoder and the likelihood read-out, owning the
+//! VarStore whose names match the reference's `state_dict` (PAPER.md 3.1).
+use super::encoder::Encoder;
+use super::nca::DoublingNca;
+use crate::config::ModelConfig;
+use crate::likelihood::bernoulli;
+use crate::noise::NoiseSource;
+use tch::{nn, Device, Tensor};
+
+#[derive(Debug)]
+pub struct Vnca {
+    pub vs: nn::VarStore,
+    pub encoder: Encoder,
+    pub nca: DoublingNca,
+    pub cfg: ModelConfig,
+}
+
+/// q(z|x) of a batch.
+pub struct Posterior {
+    pub mu: Tensor,        // [B, Z]
+    pub log_sigma: Tensor, // [B, Z]
+}
+
+impl Posterior {
+    /// Reparameterised samples z = mu + sigma * eps: eps [B, K, Z] -> z [B, K, Z].
+    pub fn sample_with(&self, eps: &Tensor) -> Tensor {
+        self.mu.unsqueeze(1) + self.log_sigma.exp().unsqueeze(1) * eps
+    }
+}
+
+impl Vnca {
+    /// A freshly initialised model (PyTorch default init, zeroed last update layer).
+    /// Initialisation draws from libtorch's generator, seeded here for reproducibility.
+    pub fn new(cfg: &ModelConfig, device: Device, seed: u64) -> Self {
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(device);
+        let root = vs.root();
+        let encoder = Encoder::new(&(&root / "encoder"), cfg);
+        let nca = DoublingNca::new(&(&root / "nca"), cfg);
+        Vnca {
+            vs,
+            encoder,
+            nca,
+            cfg: cfg.clone(),
+        }
+    }
+
+    pub fn device(&self) -> Device {
+        self.vs.device()
+    }
+
+    /// Every parameter by name, in name order (what the optimiser and checkpoints walk).
+    pub fn params(&self) -> crate::train::optim::Params {
+        self.vs.variables().into_iter().collect()
+    }
+
+    /// Total number of scalar parameters (6,585,088 for the paper's MNIST model).
+    pub fn n_parameters(&self) -> i64 {
+        self.vs
+            .trainable_variables()
+            .iter()
+            .map(|t| t.numel() as i64)
+            .sum()
+    }
+
+    /// x: [B, 1, S, S] -> q(z|x).
+    pub fn encode(&self, x: &Tensor) -> Posterior {
+        let (mu, log_sigma) = self.encoder.forward(x);
+        Posterior { mu, log_sigma }
+    }
+
+    /// z: [N, Z] -> final cell states [N, Z, S, S].
+    pub fn decode(&self, z: &Tensor, noise: &mut dyn NoiseSource) -> Tensor {
+        self.nca.grow(z, noise, &mut |_| {})
+    }
+
+    /// log p(x|z) of final states against images: [N, Z, S, S], [N, 1, S, S] -> [N].
+    pub fn log_likelihood(&self, state: &Tensor, x: &Tensor) -> Tensor {
+        bernoulli::log_prob(&bernoulli::logits(state), x)
+    }
+
+    /// The picture of a state: the likelihood's mean, [N, Z, H, W] -> [N, 1, H, W] in [0, 1].
+    pub fn render_mean(&self, state: &Tensor) -> Tensor {
+        bernoulli::mean(&bernoulli::logits(state))
+    }
+
+    /// Draws z ~ N(0, I) and grows the images: -> final states [n, Z, S, S].
+    pub fn sample_prior(&self, n: i64, noise: &mut dyn NoiseSource) -> Tensor {
+        let z = noise.normal(&[n, self.cfg.z_dim]).to_device(self.device());
+        self.decode(&z, noise)
+    }
+}

@@ -1,0 +1,61 @@
+//! Training and evaluation objectives (PAPER.md 5.1-5.2), in nats per image.
+use crate::likelihood::gaussian;
+use crate::model::Vnca;
+use crate::noise::NoiseSource;
+use tch::{Kind, Tensor};
+
+/// The terms of a single-sample ELBO over a batch.
+pub struct Elbo {
+    /// Scalar loss minimised: mean over the batch of -log p(x|z) + beta * KL.
+    pub loss: Tensor,
+    /// -log p(x|z) per image, [B].
+    pub recon: Tensor,
+    /// KL(q(z|x) || p(z)) per image, [B].
+    pub kl: Tensor,
+}
+
+/// Single-sample ELBO with the analytic KL, as the reference trains.
+/// x: [B, 1, S, S] in {0,1}.
+pub fn elbo(model: &Vnca, x: &Tensor, beta: f64, noise: &mut dyn NoiseSource) -> Elbo {
+    let q = model.encode(x);
+    let b = x.size()[0];
+    let eps = noise.normal(&[b, 1, model.cfg.z_dim]).to_device(x.device());
+    let z = q.sample_with(&eps).squeeze_dim(1); // [B, Z]
+    let state = model.decode(&z, noise); // [B, Z, S, S]
+    let recon = -model.log_likelihood(&state, x); // [B]
+    let kl = gaussian::kl_std(&q.mu, &q.log_sigma); // [B]
+    let loss = (&recon + &kl * beta).mean(None::<Kind>);
+    Elbo { loss, recon, kl }
+}
+
+/// Importance-weighted lower bound on log p(x) with `k` samples per image:
+/// logsumexp_k[log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k. x: [B, 1, S, S] -> [B].
+/// The B*k seeds are decoded in chunks of at most `max_batch` rows, so memory stays
+/// bounded however large k is. Call it under `tch::no_grad` for evaluation.
+pub fn iwae(
+    model: &Vnca,
+    x: &Tensor,
+    k: i64,
+    max_batch: i64,
+    noise: &mut dyn NoiseSource,
+) -> Tensor {
+    let q = model.encode(x);
+    let (b, zd) = (x.size()[0], model.cfg.z_dim);
+    let eps = noise.normal(&[b, k, zd]).to_device(x.device());
+    let z = q.sample_with(&eps); // [B, K, Z]
+    let log_pz = gaussian::log_prob_std(&z); // [B, K]
+    let log_qz = gaussian::log_prob(&z, &q.mu.unsqueeze(1), &q.log_sigma.unsqueeze(1)); // [B, K]
+    let z_flat = z.view([b * k, zd]); // rows: image-major
+    let x_rep = x.repeat_interleave_self_int(k, 0, None); // [B*K, 1, S, S]
+    let chunk = max_batch.max(1);
+    let mut parts = Vec::new();
+    let mut start = 0;
+    while start < b * k {
+        let len = chunk.min(b * k - start);
+        let state = model.decode(&z_flat.narrow(0, start, len), noise);
+        parts.push(model.log_likelihood(&state, &x_rep.narrow(0, start, len)));
+        start += len;
+    }
+    let log_px_z = Tensor::cat(&parts, 0).view([b, k]); // [B, K]
+    (log_px_z + log_pz - log_qz).logsumexp([1i64].as_slice(), false) - (k as f64).ln()
+}

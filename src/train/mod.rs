@@ -1,0 +1,8 @@
+//! Training: the loop, the optimiser, checkpoints and metrics.
+pub mod checkpoint;
+pub mod metrics;
+pub mod optim;
+pub mod state;
+pub mod trainer;
+
+pub use trainer::{train, TrainOptions, TrainSummary};

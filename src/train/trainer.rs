@@ -1,0 +1,270 @@
+//! The training loop: single-sample ELBO, backward, global-norm clip, Adam (PAPER.md 3.8),
+//! with periodic validation, atomic `latest`/`best` checkpoints and sample pictures.
+//!
+//! Safety rules: a non-finite loss or gradient norm stops the run before the update is
+//! applied and before anything is written; Ctrl-C finishes the current step, saves
+//! `latest` and exits; `--resume` continues bit-exactly from `latest` (every random
+//! stream is in the checkpoint).
+use super::checkpoint::{self, Loaded, Meta};
+use super::metrics::{MetricsLog, Record};
+use super::optim::{clip_grad_norm, zero_grad, Adam, Params};
+use super::state::TrainState;
+use crate::config::Config;
+use crate::dataset::{self, EpochSampler, Split};
+use crate::eval;
+use crate::figures::grid::write_grid;
+use crate::model::Vnca;
+use crate::noise::Noise;
+use crate::objective::elbo;
+use anyhow::{bail, Context};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use tch::{Device, Kind, Tensor};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+pub struct TrainOptions {
+    pub out: PathBuf,
+    pub device: Device,
+    /// Continue from `out/latest.safetensors`.
+    pub resume: bool,
+    /// Hide the progress bar (tests, logs).
+    pub quiet: bool,
+}
+
+#[derive(Debug)]
+pub struct TrainSummary {
+    pub steps: u64,
+    pub last_loss: f64,
+    pub best_val: Option<f64>,
+    pub interrupted: bool,
+}
+
+/// Seeds of the evaluation and picture noise: fixed, so validation numbers are
+/// comparable across evaluations and do not disturb the training streams.
+const EVAL_SEED: u64 = 0xE7A1;
+const PICTURE_SEED: u64 = 0x51C7;
+const MAX_DECODE: i64 = 512;
+
+pub fn latest_path(out: &Path) -> PathBuf {
+    out.join("latest.safetensors")
+}
+
+pub fn best_path(out: &Path) -> PathBuf {
+    out.join("best.safetensors")
+}
+
+/// Train `cfg` into the run directory `opts.out`.
+pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> {
+    std::fs::create_dir_all(&opts.out)
+        .with_context(|| format!("cannot create output directory `{}`", opts.out.display()))?;
+    let (train_split, val_split) = dataset::load_train_val(cfg)?;
+    let model = Vnca::new(&cfg.model, opts.device, cfg.train.seed);
+    let params: Params = model.params();
+    let t = &cfg.train;
+    let mut adam = Adam::new(&params, t.lr, t.adam_betas, t.adam_eps);
+    let mut state = TrainState {
+        step: 0,
+        noise: Noise::new(cfg.train.seed.wrapping_add(1)),
+        sampler: EpochSampler::new(train_split.len() as usize, cfg.train.seed.wrapping_add(2)),
+        best_val: None,
+        adam_step: 0,
+    };
+    let metrics_path = opts.out.join("metrics.jsonl");
+    if opts.resume {
+        state = resume(&opts.out, &model, &mut adam)?;
+        super::metrics::truncate_after(&metrics_path, state.step)?;
+    }
+    let config_path = opts.out.join("config.toml");
+    checkpoint::write_atomic(&config_path, cfg.to_toml().as_bytes())?;
+    let mut log = MetricsLog::open(&metrics_path)?;
+    let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
+    INTERRUPTED.store(false, Ordering::SeqCst);
+
+    let bar = progress_bar(t.steps, state.step, opts.quiet);
+    let mut last_loss = f64::NAN;
+    let mut interrupted = false;
+    while state.step < t.steps {
+        let t0 = std::time::Instant::now();
+        let idx = state.sampler.next_batch(t.batch_size as usize);
+        let x = train_split.batch(&idx, cfg.model.image_size, opts.device);
+        let terms = elbo(&model, &x, t.beta, &mut state.noise);
+        let loss = terms.loss.double_value(&[]);
+        if !loss.is_finite() {
+            bail!(non_finite(state.step + 1, "loss", loss, &opts.out));
+        }
+        zero_grad(&params);
+        terms.loss.backward();
+        let norm = clip_grad_norm(&params, t.grad_clip);
+        if !norm.is_finite() {
+            bail!(non_finite(state.step + 1, "gradient norm", norm, &opts.out));
+        }
+        adam.update(&params);
+        state.step += 1;
+        state.adam_step = adam.step;
+        last_loss = loss;
+        log.write(&Record::Train {
+            step: state.step,
+            loss,
+            recon: terms.recon.mean(Kind::Float).double_value(&[]),
+            kl: terms.kl.mean(Kind::Float).double_value(&[]),
+            grad_norm: norm,
+            step_seconds: t0.elapsed().as_secs_f64(),
+        })?;
+        bar.set_position(state.step);
+        bar.set_message(format!("loss {loss:.2}"));
+        interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        if state.step % t.eval_every == 0 || state.step == t.steps || interrupted {
+            evaluate_and_save(
+                cfg, opts, &model, &adam, &mut state, &val_split, &mut log, &bar,
+            )?;
+        }
+        if interrupted {
+            bar.println(format!(
+                "interrupted: saved `{}` at step {}",
+                latest_path(&opts.out).display(),
+                state.step
+            ));
+            break;
+        }
+    }
+    bar.finish();
+    Ok(TrainSummary {
+        steps: state.step,
+        last_loss,
+        best_val: state.best_val,
+        interrupted,
+    })
+}
+
+fn non_finite(step: u64, what: &str, value: f64, out: &Path) -> String {
+    format!(
+        "step {step}: non-finite {what} ({value}); training stopped before applying the update. \
+         The last good checkpoint `{}` is untouched; lower train.lr or train.grad_clip and resume.",
+        latest_path(out).display()
+    )
+}
+
+fn progress_bar(total: u64, pos: u64, quiet: bool) -> ProgressBar {
+    if quiet {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} {per_sec} ETA {eta} {msg}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
+    );
+    bar.set_position(pos);
+    bar
+}
+
+fn resume(out: &Path, model: &Vnca, adam: &mut Adam) -> anyhow::Result<TrainState> {
+    let path = latest_path(out);
+    if !path.exists() {
+        bail!(
+            "--resume: no checkpoint `{}` to resume from",
+            path.display()
+        );
+    }
+    let ck = Loaded::read(&path)?;
+    ck.load_model(model, "adam.")?;
+    for (name, m) in adam.m.iter_mut() {
+        let t = ck.tensor(&format!("adam.m.{name}"), &m.size())?;
+        tch::no_grad(|| m.copy_(&t));
+    }
+    for (name, v) in adam.v.iter_mut() {
+        let t = ck.tensor(&format!("adam.v.{name}"), &v.size())?;
+        tch::no_grad(|| v.copy_(&t));
+    }
+    let json =
+        ck.meta.state.as_deref().with_context(|| {
+            format!("`{}` holds weights only, no training state", path.display())
+        })?;
+    let state: TrainState = serde_json::from_str(json)
+        .with_context(|| format!("`{}`: unreadable training state", path.display()))?;
+    adam.step = state.adam_step;
+    Ok(state)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn evaluate_and_save(
+    cfg: &Config,
+    opts: &TrainOptions,
+    model: &Vnca,
+    adam: &Adam,
+    state: &mut TrainState,
+    val: &Split,
+    log: &mut MetricsLog,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
+    let t = &cfg.train;
+    let mut noise = Noise::new(EVAL_SEED);
+    let report = eval::nll(
+        model,
+        val,
+        Some(t.eval_images),
+        t.eval_iw_samples,
+        t.batch_size,
+        MAX_DECODE,
+        &mut noise,
+        &mut |_| {},
+    );
+    log.write(&Record::Eval {
+        step: state.step,
+        split: report.split.clone(),
+        nll_nats: report.nll_nats,
+        nll_stderr: report.nll_stderr,
+        bpd: report.bpd,
+        iw_samples: report.iw_samples,
+        n_images: report.n_images,
+    })?;
+    bar.println(format!(
+        "step {}: {} NLL (IWAE-{}) {:.2} ± {:.2} nats, {:.4} bits/dim",
+        state.step, report.split, report.iw_samples, report.nll_nats, report.nll_stderr, report.bpd
+    ));
+    let improved = state.best_val.is_none_or(|b| report.nll_nats < b);
+    if improved {
+        state.best_val = Some(report.nll_nats);
+    }
+    let meta = Meta {
+        config: Some(cfg.to_toml()),
+        state: Some(serde_json::to_string(state)?),
+    };
+    checkpoint::save(&latest_path(&opts.out), model, &adam.state_tensors(), &meta)?;
+    if improved {
+        checkpoint::save(&best_path(&opts.out), model, &Default::default(), &meta)?;
+    }
+    write_pictures(model, val, &opts.out)
+}
+
+/// `samples.png` (64 prior samples, the Bernoulli means) and `reconstructions.png`
+/// (rows alternate validation images and their reconstructions).
+pub fn write_pictures(model: &Vnca, val: &Split, out: &Path) -> anyhow::Result<()> {
+    tch::no_grad(|| -> anyhow::Result<()> {
+        let mut noise = Noise::new(PICTURE_SEED);
+        let samples = model.render_mean(&model.sample_prior(64, &mut noise));
+        write_grid(&out.join("samples.png"), &samples, 8, 2)?;
+        let x = val.range(0, 32.min(val.len()), model.cfg.image_size, model.device());
+        let q = model.encode(&x);
+        let recon = model.render_mean(&model.decode(&q.mu, &mut noise));
+        let n = x.size()[0];
+        // Interleave rows of 8: originals, then their reconstructions.
+        let rows: Vec<Tensor> = (0..n)
+            .step_by(8)
+            .flat_map(|s| {
+                let len = 8.min(n - s);
+                [x.narrow(0, s, len), recon.narrow(0, s, len)]
+            })
+            .collect();
+        write_grid(
+            &out.join("reconstructions.png"),
+            &Tensor::cat(&rows, 0),
+            8,
+            2,
+        )
+    })
+}
