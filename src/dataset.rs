@@ -89,7 +89,7 @@ pub fn load_split(data: &DataConfig, name: &str) -> anyhow::Result<Split> {
 fn load_mnist(data: &DataConfig) -> anyhow::Result<BinarizedMnist> {
     data::load_binarized_mnist(&data.path).map_err(|e| {
         anyhow::anyhow!(
-            "{e}\n(the shipped file is data/binarized_mnist.vbm.gz; `vnca data binarize-mnist` rebuilds it, `vnca data fetch-larochelle` downloads the original .amat files)"
+            "{e} (the shipped file is data/binarized_mnist.vbm.gz; `vnca data binarize-mnist` rebuilds it, `vnca data fetch-larochelle` downloads the original .amat files)"
         )
     })
 }

@@ -19,7 +19,10 @@ pub struct Elbo {
 pub fn elbo(model: &Vnca, x: &Tensor, beta: f64, noise: &mut dyn NoiseSource) -> Elbo {
     let q = model.encode(x);
     let b = x.size()[0];
-    let eps = noise.normal(&[b, 1, model.cfg.z_dim]).to_device(x.device());
+    let eps = noise
+        .normal(&[b, 1, model.cfg.z_dim])
+        .to_device(x.device())
+        .to_kind(x.kind());
     let z = q.sample_with(&eps).squeeze_dim(1); // [B, Z]
     let state = model.decode(&z, noise); // [B, Z, S, S]
     let recon = -model.log_likelihood(&state, x); // [B]
@@ -41,7 +44,10 @@ pub fn iwae(
 ) -> Tensor {
     let q = model.encode(x);
     let (b, zd) = (x.size()[0], model.cfg.z_dim);
-    let eps = noise.normal(&[b, k, zd]).to_device(x.device());
+    let eps = noise
+        .normal(&[b, k, zd])
+        .to_device(x.device())
+        .to_kind(x.kind());
     let z = q.sample_with(&eps); // [B, K, Z]
     let log_pz = gaussian::log_prob_std(&z); // [B, K]
     let log_qz = gaussian::log_prob(&z, &q.mu.unsqueeze(1), &q.log_sigma.unsqueeze(1)); // [B, K]

@@ -49,7 +49,8 @@ impl DoublingNca {
         let s = state.size();
         let mask = noise
             .mask(&[s[0], 1, s[2], s[3]], self.p_update)
-            .to_device(state.device()); // [N, 1, H, W], broadcast over channels
+            .to_device(state.device())
+            .to_kind(state.kind()); // [N, 1, H, W], broadcast over channels
         state + update * mask
     }
 

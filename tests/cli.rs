@@ -1,0 +1,279 @@
+//! The `vnca` binary end to end: train, eval, sample, info and data commands, and the
+//! errors a user sees for mistakes (one line naming the file or field, exit code 1).
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn vnca(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vnca"))
+        .args(["--threads", "1"])
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run vnca")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = vnca(args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "vnca {args:?} failed:\n{stderr}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn fails(args: &[&str]) -> String {
+    let out = vnca(args);
+    assert_eq!(out.status.code(), Some(1), "vnca {args:?} should fail");
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    let last = err.lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("error: "),
+        "the error must be the last line: {err}"
+    );
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+#[test]
+fn info_reports_the_paper_parameter_count() {
+    let out = ok(&["info", "--preset", "mnist-doubling"]);
+    assert!(
+        out.contains("parameters   6585088 (encoder 5402880, update net 1182208)"),
+        "{out}"
+    );
+    assert!(ok(&["info", "--list"]).contains("mnist-doubling-small"));
+}
+
+#[test]
+fn train_eval_sample_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().to_str().unwrap();
+    ok(&[
+        "train",
+        "--preset",
+        "tiny-test",
+        "--steps",
+        "4",
+        "--out",
+        out,
+        "--quiet",
+    ]);
+    for f in [
+        "latest.safetensors",
+        "best.safetensors",
+        "config.toml",
+        "metrics.jsonl",
+        "samples.png",
+        "reconstructions.png",
+    ] {
+        assert!(dir.path().join(f).is_file(), "missing {f}");
+    }
+    let ck = dir.path().join("latest.safetensors");
+    let json = ok(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--iw-samples",
+        "4",
+        "--limit",
+        "6",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["n_images"], 6);
+    assert_eq!(v["iw_samples"], 4);
+    let nll = v["nll_nats"].as_f64().unwrap();
+    assert!(nll > 50.0 && nll < 2000.0, "{nll}");
+    let bpd = v["bpd"].as_f64().unwrap();
+    assert!((bpd - nll / (784.0 * std::f64::consts::LN_2)).abs() < 1e-9);
+    assert!(v["nll_stderr"].as_f64().unwrap() > 0.0);
+    // Same seed, same number; a table without --json.
+    let again: serde_json::Value = serde_json::from_str(
+        ok(&[
+            "eval",
+            "--checkpoint",
+            ck.to_str().unwrap(),
+            "--iw-samples",
+            "4",
+            "--limit",
+            "6",
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
+    assert_eq!(v["nll_nats"], again["nll_nats"]);
+    let table = ok(&[
+        "eval",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--iw-samples",
+        "2",
+        "--limit",
+        "2",
+    ]);
+    assert!(
+        table.contains("nats per image") && table.contains("bits/dim"),
+        "{table}"
+    );
+
+    let png = dir.path().join("s.png");
+    ok(&[
+        "sample",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--n",
+        "9",
+        "--out",
+        png.to_str().unwrap(),
+    ]);
+    let img = image::open(&png).unwrap();
+    assert_eq!((img.width(), img.height()), (3 * 34 + 2, 3 * 34 + 2));
+
+    // A bare weights file needs the architecture named.
+    let weights =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_weights.safetensors");
+    let w = weights.to_str().unwrap();
+    let err = fails(&["eval", "--checkpoint", w, "--limit", "1"]);
+    assert!(err.contains("--preset"), "{err}");
+    ok(&[
+        "eval",
+        "--checkpoint",
+        w,
+        "--preset",
+        "tiny-test",
+        "--limit",
+        "2",
+        "--iw-samples",
+        "2",
+        "--json",
+    ]);
+    // ...and the right one.
+    let err = fails(&[
+        "eval",
+        "--checkpoint",
+        w,
+        "--preset",
+        "mnist-doubling",
+        "--limit",
+        "1",
+    ]);
+    assert!(
+        err.contains("tensor `encoder.0.") && err.contains("shape"),
+        "{err}"
+    );
+}
+
+#[test]
+fn eval_reads_a_larochelle_amat_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = vnca::data::load_binarized_mnist(Path::new("data/binarized_mnist.vbm.gz")).unwrap();
+    let amat = dir.path().join("binarized_mnist_test.amat");
+    vnca::data::amat::write_amat(&amat, &data.test.slice(0..3)).unwrap();
+    let w = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_weights.safetensors");
+    let json = ok(&[
+        "eval",
+        "--checkpoint",
+        w.to_str().unwrap(),
+        "--preset",
+        "tiny-test",
+        "--data",
+        amat.to_str().unwrap(),
+        "--iw-samples",
+        "2",
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(json.trim()).unwrap();
+    assert_eq!(v["n_images"], 3);
+    // A malformed .amat names the file and the line.
+    std::fs::write(&amat, "0 1 2\n").unwrap();
+    let err = fails(&[
+        "eval",
+        "--checkpoint",
+        w.to_str().unwrap(),
+        "--preset",
+        "tiny-test",
+        "--data",
+        amat.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("binarized_mnist_test.amat") && err.contains("line 1"),
+        "{err}"
+    );
+}
+
+#[test]
+fn user_mistakes_get_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    let text = vnca::config::Config::preset("tiny-test")
+        .unwrap()
+        .to_toml()
+        .replace("p_update = 1.0", "p_update = 2.0");
+    std::fs::write(&bad, text).unwrap();
+    let err = fails(&["info", "--config", bad.to_str().unwrap()]);
+    assert!(
+        err.contains("bad.toml") && err.contains("model.p_update"),
+        "{err}"
+    );
+    let err = fails(&["train", "--preset", "no-such-preset"]);
+    assert!(err.contains("unknown preset `no-such-preset`"), "{err}");
+    let err = fails(&["--device", "tpu", "info"]);
+    assert!(err.contains("unknown device `tpu`"), "{err}");
+    if !tch::Cuda::is_available() {
+        let err = fails(&["--device", "cuda", "info"]);
+        assert!(err.contains("CUDA"), "{err}");
+    }
+    let err = fails(&["eval", "--checkpoint", "/nonexistent/x.safetensors"]);
+    assert!(err.contains("/nonexistent/x.safetensors"), "{err}");
+    let out = dir.path().to_str().unwrap();
+    let err = fails(&[
+        "train",
+        "--preset",
+        "tiny-test",
+        "--out",
+        out,
+        "--resume",
+        "--quiet",
+    ]);
+    assert!(
+        err.contains("no checkpoint") && err.contains("latest.safetensors"),
+        "{err}"
+    );
+    let err = fails(&[
+        "train",
+        "--preset",
+        "tiny-test",
+        "--data",
+        "/nonexistent/mnist.gz",
+        "--out",
+        out,
+        "--quiet",
+    ]);
+    assert!(err.contains("/nonexistent/mnist.gz"), "{err}");
+}
+
+#[test]
+fn binarize_command_reproduces_the_shipped_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("b.vbm.gz");
+    let mnist = Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist");
+    let printed = ok(&[
+        "data",
+        "binarize-mnist",
+        "--mnist-dir",
+        mnist.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(
+        printed.contains("train 50000, valid 10000, test 10000"),
+        "{printed}"
+    );
+    let ours = vnca::data::load_binarized_mnist(&out).unwrap();
+    let shipped =
+        vnca::data::load_binarized_mnist(Path::new("data/binarized_mnist.vbm.gz")).unwrap();
+    assert!(
+        ours == shipped,
+        "the shipped data/binarized_mnist.vbm.gz is not what the command makes"
+    );
+    assert_eq!(ours.test.label(0), Some(7));
+}

@@ -1,0 +1,163 @@
+//! The Rust model against PyTorch: fixtures written by tools/make_fixtures.py (a PyTorch
+//! re-implementation of the reference architecture, same state_dict names).
+mod common;
+
+use common::{fixture, rel_err, FixedNoise};
+use tch::{Device, Kind, Tensor};
+use vnca::config::Config;
+use vnca::model::Vnca;
+use vnca::objective::{elbo, iwae};
+use vnca::train::checkpoint::Loaded;
+
+const TOL: f64 = 1e-4;
+
+fn tiny_model() -> (Vnca, Loaded) {
+    let cfg = Config::preset("tiny-test").unwrap();
+    let model = Vnca::new(&cfg.model, Device::Cpu, 0);
+    // The weights file is a bare safetensors state_dict, as a converted reference checkpoint.
+    Loaded::read(&fixture("tiny_weights.safetensors"))
+        .unwrap()
+        .load_model(&model, "")
+        .unwrap();
+    let io = Loaded::read(&fixture("tiny_io.safetensors")).unwrap();
+    (model, io)
+}
+
+fn get(io: &Loaded, name: &str, shape: &[i64]) -> Tensor {
+    io.tensor(name, shape).unwrap()
+}
+
+#[test]
+fn encoder_decoder_and_elbo_match_pytorch() {
+    let (model, io) = tiny_model();
+    let x = get(&io, "input.x", &[3, 1, 32, 32]);
+    let eps = get(&io, "input.eps", &[3, 1, 8]);
+
+    let q = model.encode(&x);
+    let e = rel_err(&q.mu, &get(&io, "expected.mu", &[3, 8]));
+    assert!(e < TOL, "mu rel err {e}");
+    let e = rel_err(&q.log_sigma, &get(&io, "expected.log_sigma", &[3, 8]));
+    assert!(e < TOL, "log_sigma rel err {e}");
+
+    let z = q.sample_with(&eps).squeeze_dim(1);
+    let mut none = FixedNoise(Default::default());
+    let state = model.decode(&z, &mut none);
+    let e = rel_err(&state, &get(&io, "expected.state", &[3, 8, 32, 32]));
+    assert!(e < TOL, "final state rel err {e}");
+
+    let mut noise = FixedNoise([eps].into());
+    let terms = elbo(&model, &x, 1.0, &mut noise);
+    let e = rel_err(&(-&terms.recon), &get(&io, "expected.log_px_z", &[3]));
+    assert!(e < TOL, "log p(x|z) rel err {e}");
+    let e = rel_err(&terms.kl, &get(&io, "expected.kl", &[3]));
+    assert!(e < TOL, "KL rel err {e}");
+    let e = rel_err(&terms.loss, &get(&io, "expected.loss", &[]));
+    assert!(e < TOL, "loss rel err {e}");
+}
+
+#[test]
+fn gradients_match_pytorch() {
+    let (model, io) = tiny_model();
+    let x = get(&io, "input.x", &[3, 1, 32, 32]);
+    let eps = get(&io, "input.eps", &[3, 1, 8]);
+    let mut noise = FixedNoise([eps].into());
+    elbo(&model, &x, 1.0, &mut noise).loss.backward();
+    for (name, p) in model.params() {
+        let want = get(&io, &format!("grad.{name}"), &p.size());
+        let e = rel_err(&p.grad(), &want);
+        assert!(e < 1e-3, "d loss / d {name}: rel err {e}");
+    }
+}
+
+#[test]
+fn iwae_matches_pytorch_and_does_not_depend_on_chunking() {
+    let (model, io) = tiny_model();
+    let x = get(&io, "input.x", &[3, 1, 32, 32]);
+    let eps = get(&io, "input.eps_iw", &[3, 5, 8]);
+    let want = get(&io, "expected.iwae", &[3]);
+    for chunk in [15, 4, 1] {
+        let mut noise = FixedNoise([eps.shallow_clone()].into());
+        let got = tch::no_grad(|| iwae(&model, &x, 5, chunk, &mut noise));
+        let e = rel_err(&got, &want);
+        assert!(e < TOL, "IWAE (chunk {chunk}) rel err {e}");
+    }
+}
+
+/// Central finite differences of the full loss (encoder, 10-step NCA, Bernoulli, KL)
+/// in float64 against autograd, on random coordinates of every parameter tensor.
+#[test]
+fn gradients_match_finite_differences() {
+    let (mut model, io) = tiny_model();
+    model.vs.double();
+    let x = get(&io, "input.x", &[3, 1, 32, 32]).to_kind(Kind::Double);
+    let eps = get(&io, "input.eps", &[3, 1, 8]).to_kind(Kind::Double);
+    let loss_of = |m: &Vnca| {
+        let mut noise = FixedNoise([eps.shallow_clone()].into());
+        elbo(m, &x, 1.0, &mut noise).loss
+    };
+    loss_of(&model).backward();
+    let h = 1e-6;
+    let (mut checked, mut significant) = (0, 0);
+    for (name, p) in model.params() {
+        let grad = p.grad().view(-1);
+        let flat = p.detach().view(-1);
+        let n = flat.size()[0];
+        for k in 0..3 {
+            let i = (k * 7919 + name.len() as i64 * 31) % n;
+            let orig = flat.double_value(&[i]);
+            let set = |v: f64| tch::no_grad(|| flat.get(i).fill_(v));
+            set(orig + h);
+            let up = tch::no_grad(|| loss_of(&model).double_value(&[]));
+            set(orig - h);
+            let down = tch::no_grad(|| loss_of(&model).double_value(&[]));
+            set(orig);
+            let fd = (up - down) / (2.0 * h);
+            let ad = grad.double_value(&[i]);
+            let tol = 1e-4 * ad.abs().max(1.0);
+            assert!(
+                (fd - ad).abs() < tol,
+                "{name}[{i}]: finite difference {fd} vs autograd {ad}"
+            );
+            checked += 1;
+            significant += usize::from(ad.abs() > 1e-2);
+        }
+    }
+    assert!(checked >= 3 * 18);
+    // Most checked coordinates carry a real gradient, so agreement is not 0 == 0.
+    assert!(
+        significant * 2 > checked,
+        "{significant} of {checked} significant"
+    );
+}
+
+#[test]
+fn paper_preset_has_the_reference_parameter_count() {
+    let cfg = Config::preset("mnist-doubling").unwrap();
+    let model = Vnca::new(&cfg.model, Device::Cpu, 0);
+    assert_eq!(model.n_parameters(), 6_585_088);
+    let vars = model.vs.variables();
+    for key in [
+        "encoder.0.weight",
+        "encoder.8.bias",
+        "encoder.11.weight",
+        "nca.update_net.0.weight",
+        "nca.update_net.1.delegate.0.weight",
+        "nca.update_net.4.delegate.2.bias",
+        "nca.update_net.5.bias",
+    ] {
+        assert!(vars.contains_key(key), "missing {key}");
+    }
+    assert_eq!(vars["encoder.11.weight"].size(), [512, 2048]);
+    // The last update layer starts at zero: the NCA is the identity at initialisation.
+    assert_eq!(
+        vars["nca.update_net.5.weight"]
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]),
+        0.0
+    );
+    // PyTorch default init bound 1/sqrt(fan_in) for the first encoder conv (fan_in 25).
+    let w = &vars["encoder.0.weight"];
+    assert!(w.abs().max().double_value(&[]) <= 0.2 + 1e-7);
+    assert!(w.abs().max().double_value(&[]) > 0.19);
+}

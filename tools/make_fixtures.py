@@ -1,0 +1,141 @@
+#!/usr/bin/env python3
+"""Write the PyTorch fixtures that the Rust numerics tests compare against.
+
+The model is rebuilt here from the specification (PAPER.md 3.1-3.7, 5.1-5.3) in plain
+PyTorch, with the reference's module structure so that `state_dict` keys match
+(`encoder.0.weight`, ..., `nca.update_net.1.delegate.0.weight`, ..., `nca.update_net.5.bias`).
+It is small (the `tiny-test` preset: Z=8, hidden 16, encoder width 4, 32x32, 2 steps per
+stage) so the committed fixtures stay small.
+
+Outputs (safetensors, float32):
+  tiny_weights.safetensors  the model's parameters only (a "bare weights file")
+  tiny_io.safetensors       inputs, fixed noise, expected outputs and gradients:
+    input.x [3,1,32,32], input.eps [3,1,Z], input.eps_iw [3,K,Z]
+    expected.mu, expected.log_sigma [3,Z], expected.state [3,Z,32,32] (decoded from
+    z = mu + sigma * eps), expected.log_px_z [3], expected.kl [3], expected.loss [],
+    expected.iwae [3] (K=5), grad.<param> (d loss / d param)
+Expected values are computed in float64 from the float32-rounded weights and inputs.
+
+Usage: .venv/bin/python tools/make_fixtures.py tests/fixtures
+"""
+import math
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+from torch import nn
+from torch.distributions import Bernoulli, Normal, kl_divergence
+
+Z, HID, ENC_W, SIZE, STEPS, N_RES = 8, 16, 4, 32, 2, 4
+B, K = 3, 5
+
+
+class Residual(nn.Module):
+    def __init__(self, *layers):
+        super().__init__()
+        self.delegate = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.delegate(x) + x
+
+
+class DoublingNCA(nn.Module):
+    """z on a 2x2 grid; STEPS steps; then (double, STEPS steps) until SIZE."""
+
+    def __init__(self):
+        super().__init__()
+        layers = [nn.Conv2d(Z, HID, 3, padding=1)]
+        for _ in range(N_RES):
+            layers.append(Residual(nn.Conv2d(HID, HID, 1), nn.ELU(), nn.Conv2d(HID, HID, 1)))
+        layers.append(nn.Conv2d(HID, Z, 1))
+        self.update_net = nn.Sequential(*layers)
+        self.n_doublings = int(math.log2(SIZE)) - 1
+
+    def forward(self, z):
+        state = z[:, :, None, None].expand(-1, -1, 2, 2)
+        for stage in range(self.n_doublings + 1):
+            if stage > 0:
+                state = torch.repeat_interleave(torch.repeat_interleave(state, 2, dim=2), 2, dim=3)
+            for _ in range(STEPS):
+                state = state + self.update_net(state)  # p_update = 1: every cell updates
+        return state
+
+
+class VNCA(nn.Module):
+    def __init__(self):
+        super().__init__()
+        layers, c_in = [], 1
+        for i in range(5):
+            c_out = ENC_W * 2**i
+            layers += [nn.Conv2d(c_in, c_out, 5, stride=1 if i == 0 else 2, padding=2), nn.ELU()]
+            c_in = c_out
+        layers += [nn.Flatten(), nn.Linear(c_in * (SIZE // 16) ** 2, 2 * Z)]
+        self.encoder = nn.Sequential(*layers)
+        self.nca = DoublingNCA()
+
+    def encode(self, x):
+        q = self.encoder(x)
+        return q[:, :Z], q[:, Z:]  # mu, log sigma
+
+    def log_px_z(self, state, x):
+        return Bernoulli(logits=state[:, :1]).log_prob(x).sum(dim=(1, 2, 3))
+
+
+def main(out_dir):
+    os.makedirs(out_dir, exist_ok=True)
+    torch.manual_seed(1234)
+    model = VNCA()
+    with torch.no_grad():
+        # The real init zeroes the last layer (NCA = identity); give it weights so the
+        # fixture exercises every step of the decoder.
+        model.nca.update_net[-1].weight.normal_(0, 0.05)
+        model.nca.update_net[-1].bias.normal_(0, 0.05)
+    weights = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, os.path.join(out_dir, "tiny_weights.safetensors"))
+
+    model = model.double()
+    x = torch.zeros(B, 1, SIZE, SIZE, dtype=torch.float64)
+    x[:, :, 2:30, 2:30] = (torch.rand(B, 1, 28, 28) < 0.3).double()
+    eps = torch.randn(B, 1, Z).float().double()
+    eps_iw = torch.randn(B, K, Z).float().double()
+
+    mu, log_sigma = model.encode(x)
+    q = Normal(mu, log_sigma.exp())
+    z = mu + log_sigma.exp() * eps[:, 0]
+    state = model.nca(z)
+    log_px_z = model.log_px_z(state, x)
+    kl = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(dim=1)
+    loss = (-log_px_z + kl).mean()
+    model.zero_grad()
+    loss.backward()
+    grads = {f"grad.{n}": p.grad.detach().float() for n, p in model.named_parameters()}
+
+    with torch.no_grad():
+        zs = mu[:, None] + log_sigma.exp()[:, None] * eps_iw  # [B, K, Z]
+        st = model.nca(zs.reshape(B * K, Z))
+        lpx = model.log_px_z(st, x.repeat_interleave(K, dim=0)).reshape(B, K)
+        lpz = Normal(0.0, 1.0).log_prob(zs).sum(-1)
+        lqz = Normal(mu[:, None], log_sigma.exp()[:, None]).log_prob(zs).sum(-1)
+        iwae = torch.logsumexp(lpx + lpz - lqz, dim=1) - math.log(K)
+
+    io = {
+        "input.x": x,
+        "input.eps": eps,
+        "input.eps_iw": eps_iw,
+        "expected.mu": mu,
+        "expected.log_sigma": log_sigma,
+        "expected.state": state,
+        "expected.log_px_z": log_px_z,
+        "expected.kl": kl,
+        "expected.loss": loss,
+        "expected.iwae": iwae,
+    }
+    io = {k: v.detach().float().contiguous() for k, v in io.items()}
+    io.update(grads)
+    save_file(io, os.path.join(out_dir, "tiny_io.safetensors"))
+    print(f"loss {loss.item():.6f}  iwae {iwae.tolist()}  ->  {out_dir}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1] if len(sys.argv) > 1 else "tests/fixtures")
