@@ -105,7 +105,9 @@ fn gradients_match_finite_differences() {
         for k in 0..3 {
             let i = (k * 7919 + name.len() as i64 * 31) % n;
             let orig = flat.double_value(&[i]);
-            let set = |v: f64| tch::no_grad(|| flat.get(i).fill_(v));
+            let set = |v: f64| {
+                let _ = tch::no_grad(|| flat.get(i).fill_(v));
+            };
             set(orig + h);
             let up = tch::no_grad(|| loss_of(&model).double_value(&[]));
             set(orig - h);
