@@ -1,5 +1,6 @@
 //! The command line (clap derive): one function per subcommand, each a thin layer over
 //! the library (config -> model/data -> train/eval -> files or a printed report).
+use crate::bench;
 use crate::config::{Config, DEFAULT_PRESET, PRESETS};
 use crate::data;
 use crate::dataset;
@@ -45,6 +46,52 @@ pub enum Command {
     /// Data preparation.
     #[command(subcommand)]
     Data(DataCommand),
+    /// Speed and memory against a PyTorch mirror of the reference code.
+    Bench(BenchArgs),
+    /// One measurement of `vnca bench`, run in its own process (internal).
+    #[command(hide = true)]
+    BenchWorker {
+        what: String,
+        #[command(flatten)]
+        args: BenchShape,
+    },
+}
+
+/// The workload of a benchmark.
+#[derive(Args, Debug, Clone)]
+pub struct BenchShape {
+    /// Preset whose model is measured.
+    #[arg(long, default_value = "mnist-doubling")]
+    pub preset: String,
+    /// Training batch size (the hot loop uses it too).
+    #[arg(long, default_value_t = 32)]
+    pub batch: i64,
+    /// Timed repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Untimed repetitions first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Images in the IWAE measurement (each decodes --iw-samples seeds).
+    #[arg(long, default_value_t = 2)]
+    pub iwae_images: usize,
+    #[arg(long, default_value_t = 128)]
+    pub iw_samples: i64,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub shape: BenchShape,
+    /// Python with torch for the reference mirror (default: the project's .venv).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Skip the PyTorch mirror.
+    #[arg(long)]
+    pub no_mirror: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Which architecture: a config file or a named preset.
@@ -167,6 +214,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Sample(a) => cmd_sample(a, device),
         Command::Info(a) => cmd_info(a),
         Command::Data(d) => cmd_data(d),
+        Command::Bench(a) => cmd_bench(a, device, threads),
+        Command::BenchWorker { what, args } => {
+            let r = bench::worker(&what, &bench_options(&args, device, threads, None))?;
+            println!("{}", serde_json::to_string(&r)?);
+            Ok(())
+        }
     }
 }
 
@@ -370,6 +423,54 @@ fn cmd_data(d: DataCommand) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+fn bench_options(
+    s: &BenchShape,
+    device: tch::Device,
+    threads: usize,
+    python: Option<PathBuf>,
+) -> bench::BenchOptions {
+    bench::BenchOptions {
+        preset: s.preset.clone(),
+        batch: s.batch,
+        repeats: s.repeats,
+        warmup: s.warmup,
+        iwae_images: s.iwae_images,
+        iw_samples: s.iw_samples,
+        threads,
+        device,
+        python,
+    }
+}
+
+fn cmd_bench(a: BenchArgs, device: tch::Device, threads: usize) -> anyhow::Result<()> {
+    let python = if a.no_mirror {
+        None
+    } else {
+        let p = a.python.unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+        });
+        anyhow::ensure!(
+            p.exists(),
+            "no Python for the mirror at `{}` (run `make setup`, pass --python, or --no-mirror)",
+            p.display()
+        );
+        Some(p)
+    };
+    let o = bench_options(&a.shape, device, threads, python);
+    let quiet = a.json;
+    let r = bench::run(&o, &mut |m| {
+        if !quiet {
+            eprintln!("{m}")
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", bench::table(&r));
     }
     Ok(())
 }

@@ -2,6 +2,7 @@
 //!
 //! Data flows `data -> dataset -> model (encoder -> NCA decoder) -> likelihood ->
 //! objective -> train / eval -> figures`; `cli` maps the command line onto these.
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod data;
