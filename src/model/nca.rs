@@ -64,7 +64,12 @@ impl DoublingNca {
         on_state: &mut dyn FnMut(&Tensor),
     ) -> Tensor {
         let (n, c) = (z.size()[0], z.size()[1]);
-        let mut state = z.view([n, c, 1, 1]).expand([n, c, 2, 2], false); // [N, Z, 2, 2]
+        // [N, Z, 2, 2] with channels-last strides, the layout every step keeps.
+        let mut state = z
+            .view([n, 1, 1, c])
+            .expand([n, 2, 2, c], false)
+            .contiguous()
+            .permute([0, 3, 1, 2]);
         on_state(&state);
         for stage in 0..=self.n_doublings {
             if stage > 0 {
@@ -83,6 +88,30 @@ impl DoublingNca {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn growth_keeps_channels_last_and_reaches_the_image_size() {
+        let cfg = crate::config::Config::preset("tiny-test").unwrap().model;
+        let vs = nn::VarStore::new(tch::Device::Cpu);
+        let nca = DoublingNca::new(&vs.root(), &cfg);
+        let mut sizes = Vec::new();
+        let mut noise = crate::noise::Noise::new(0);
+        let z = Tensor::randn([2, cfg.z_dim], (tch::Kind::Float, tch::Device::Cpu));
+        let out = nca.grow(&z, &mut noise, &mut |s| {
+            sizes.push(s.size()[2]);
+            // Channels-last: the channel stride is 1 at every state (no layout copies).
+            assert_eq!(
+                s.stride()[1],
+                1,
+                "state {} is not channels-last",
+                sizes.len()
+            );
+        });
+        assert_eq!(out.size(), [2, cfg.z_dim, 32, 32]);
+        // seed + 2 steps, then (doubled + 2 steps) x 4: 1 + 2 + 4 * 3 = 15 states.
+        assert_eq!(sizes, [2, 2, 2, 4, 4, 4, 8, 8, 8, 16, 16, 16, 32, 32, 32]);
+        assert_eq!(nca.n_steps(), 10);
+    }
 
     #[test]
     fn doubling_copies_each_cell_into_a_block() {

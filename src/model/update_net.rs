@@ -34,6 +34,11 @@ impl UpdateNet {
 
     /// state: [N, Z, H, W] -> update: [N, Z, H, W]. No nonlinearity between the 3x3
     /// convolution and the first block, as in the reference.
+    ///
+    /// Speed: the NCA keeps its state channels-last (NCHW shape, NHWC strides); libtorch's
+    /// oneDNN convolutions then run channels-last end to end, the output keeps that layout,
+    /// and no step pays a layout copy. Measured against NCHW and against 1x1 convolutions
+    /// as GEMMs on [N*H*W, C] in docs/BENCHMARKS.md: channels-last convolutions won.
     pub fn forward(&self, state: &Tensor) -> Tensor {
         let mut h = self.perceive.forward(state); // [N, hidden, H, W]
         for (a, b) in &self.blocks {
