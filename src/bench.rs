@@ -11,7 +11,7 @@
 use crate::config::Config;
 use crate::model::Vnca;
 use crate::noise::Noise;
-use crate::objective::{elbo, iwae};
+use crate::objective::{elbo, elbo_backward_recompute, iwae};
 use crate::train::optim::{clip_grad_norm, zero_grad, Adam};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -29,6 +29,8 @@ pub struct BenchOptions {
     pub iw_samples: i64,
     pub threads: usize,
     pub device: Device,
+    /// Our training step with gradient checkpointing (recomputation), as the reference.
+    pub grad_checkpointing: bool,
     /// Python with torch for the mirror; None skips the mirror columns.
     pub python: Option<PathBuf>,
 }
@@ -75,6 +77,7 @@ pub struct BenchReport {
     pub preset: String,
     pub batch: i64,
     pub threads: usize,
+    pub grad_checkpointing: bool,
     pub train_step_ours: Timing,
     pub train_step_mirror: Option<Timing>,
     pub train_step_ratio: Option<f64>,
@@ -137,7 +140,11 @@ pub fn worker(what: &str, o: &BenchOptions) -> anyhow::Result<WorkerResult> {
             for i in 0..o.warmup + o.repeats {
                 let t0 = Instant::now();
                 zero_grad(&params);
-                elbo(&model, &x, cfg.train.beta, &mut noise).loss.backward();
+                if o.grad_checkpointing {
+                    elbo_backward_recompute(&model, &x, cfg.train.beta, &mut noise);
+                } else {
+                    elbo(&model, &x, cfg.train.beta, &mut noise).loss.backward();
+                }
                 clip_grad_norm(&params, cfg.train.grad_clip);
                 adam.update(&params);
                 sync(o.device);
@@ -348,6 +355,7 @@ pub fn run(o: &BenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Result<BenchR
         preset: o.preset.clone(),
         batch: o.batch,
         threads: o.threads,
+        grad_checkpointing: o.grad_checkpointing,
         train_step_ratio: t_mirror.as_ref().map(|m| m.median / t_ours.median),
         train_step_ours: t_ours,
         train_step_mirror: t_mirror,

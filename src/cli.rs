@@ -77,6 +77,9 @@ pub struct BenchShape {
     pub iwae_images: usize,
     #[arg(long, default_value_t = 128)]
     pub iw_samples: i64,
+    /// Measure our training step with gradient checkpointing (recomputation).
+    #[arg(long)]
+    pub grad_checkpointing: bool,
 }
 
 #[derive(Args, Debug)]
@@ -440,6 +443,7 @@ fn bench_options(
         warmup: s.warmup,
         iwae_images: s.iwae_images,
         iw_samples: s.iw_samples,
+        grad_checkpointing: s.grad_checkpointing,
         threads,
         device,
         python,

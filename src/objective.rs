@@ -31,6 +31,35 @@ pub fn elbo(model: &Vnca, x: &Tensor, beta: f64, noise: &mut dyn NoiseSource) ->
     Elbo { loss, recon, kl }
 }
 
+/// The same single-sample ELBO, with its gradient computed by recomputation (gradient
+/// checkpointing, `train.grad_checkpointing`): the decoder keeps only each step's state,
+/// not its activations. Calls backward itself; the returned terms carry no graph.
+pub fn elbo_backward_recompute(
+    model: &Vnca,
+    x: &Tensor,
+    beta: f64,
+    noise: &mut dyn NoiseSource,
+) -> Elbo {
+    let q = model.encode(x);
+    let b = x.size()[0];
+    let eps = noise
+        .normal(&[b, 1, model.cfg.z_dim])
+        .to_device(x.device())
+        .to_kind(x.kind());
+    let z = q.sample_with(&eps).squeeze_dim(1); // [B, Z]
+    let mut recon = Tensor::new();
+    let (_, surrogate) = model.nca.grow_recompute(&z, noise, &mut |state| {
+        recon = -model.log_likelihood(state, x); // [B]
+        recon.mean(None::<Kind>)
+    });
+    let kl = gaussian::kl_std(&q.mu, &q.log_sigma); // [B]
+    (surrogate + kl.mean(None::<Kind>) * beta).backward();
+    let recon = recon.detach();
+    let kl = kl.detach();
+    let loss = (&recon + &kl * beta).mean(None::<Kind>);
+    Elbo { loss, recon, kl }
+}
+
 /// Importance-weighted lower bound on log p(x) with `k` samples per image:
 /// logsumexp_k[log p(x|z_k) + log p(z_k) - log q(z_k|x)] - log k. x: [B, 1, S, S] -> [B].
 /// The B*k seeds are decoded in chunks of at most `max_batch` rows, so memory stays

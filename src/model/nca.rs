@@ -40,18 +40,50 @@ impl DoublingNca {
         self.steps_per_stage * (self.n_doublings + 1)
     }
 
-    /// One NCA step: [N, Z, H, W] -> [N, Z, H, W].
-    pub fn step(&self, state: &Tensor, noise: &mut dyn NoiseSource) -> Tensor {
-        let update = self.update_net.forward(state);
+    /// The update mask of one step ([N, 1, H, W] on the state's device), or None when
+    /// every cell updates (p_update = 1: no draw, no multiply).
+    fn draw_mask(&self, state: &Tensor, noise: &mut dyn NoiseSource) -> Option<Tensor> {
         if self.p_update >= 1.0 {
-            return state + update;
+            return None;
         }
         let s = state.size();
-        let mask = noise
-            .mask(&[s[0], 1, s[2], s[3]], self.p_update)
-            .to_device(state.device())
-            .to_kind(state.kind()); // [N, 1, H, W], broadcast over channels
-        state + update * mask
+        let mask = noise.mask(&[s[0], 1, s[2], s[3]], self.p_update);
+        Some(mask.to_device(state.device()).to_kind(state.kind())) // broadcast over channels
+    }
+
+    /// One NCA step with a given mask: [N, Z, H, W] -> [N, Z, H, W].
+    pub fn step_masked(&self, state: &Tensor, mask: Option<&Tensor>) -> Tensor {
+        let update = self.update_net.forward(state);
+        match mask {
+            None => state + update,
+            Some(m) => state + update * m,
+        }
+    }
+
+    /// One NCA step: [N, Z, H, W] -> [N, Z, H, W].
+    pub fn step(&self, state: &Tensor, noise: &mut dyn NoiseSource) -> Tensor {
+        let mask = self.draw_mask(state, noise);
+        self.step_masked(state, mask.as_ref())
+    }
+
+    /// The seed grid: z in every cell of a 2x2 grid, [N, Z] -> [N, Z, 2, 2], with
+    /// channels-last strides, the layout every step keeps.
+    pub fn seed(z: &Tensor) -> Tensor {
+        let (n, c) = (z.size()[0], z.size()[1]);
+        z.view([n, 1, 1, c])
+            .expand([n, 2, 2, c], false)
+            .contiguous()
+            .permute([0, 3, 1, 2])
+    }
+
+    /// The schedule of one growth: `true` = a doubling, `false` = an NCA step.
+    fn schedule(&self) -> Vec<bool> {
+        let mut ops = vec![false; self.steps_per_stage];
+        for _ in 0..self.n_doublings {
+            ops.push(true);
+            ops.extend(std::iter::repeat_n(false, self.steps_per_stage));
+        }
+        ops
     }
 
     /// Grows the image from z: [N, Z] -> final state [N, Z, S, S]. `on_state` sees the
@@ -63,25 +95,71 @@ impl DoublingNca {
         noise: &mut dyn NoiseSource,
         on_state: &mut dyn FnMut(&Tensor),
     ) -> Tensor {
-        let (n, c) = (z.size()[0], z.size()[1]);
-        // [N, Z, 2, 2] with channels-last strides, the layout every step keeps.
-        let mut state = z
-            .view([n, 1, 1, c])
-            .expand([n, 2, 2, c], false)
-            .contiguous()
-            .permute([0, 3, 1, 2]);
+        let mut state = Self::seed(z);
         on_state(&state);
-        for stage in 0..=self.n_doublings {
-            if stage > 0 {
-                state = double(&state);
-                on_state(&state);
-            }
-            for _ in 0..self.steps_per_stage {
-                state = self.step(&state, noise);
-                on_state(&state);
-            }
+        for double_here in self.schedule() {
+            state = if double_here {
+                double(&state)
+            } else {
+                self.step(&state, noise)
+            };
+            on_state(&state);
         }
         state
+    }
+
+    /// Gradient checkpointing for small-memory GPUs: grows from z without keeping the
+    /// autograd graph (only each step's input state and mask), calls `head` on the final
+    /// state (made a leaf) to get the scalar loss that depends on it and backpropagates
+    /// that, then walks the steps backwards recomputing one step at a time and pushing
+    /// the gradient through it (a vector-Jacobian product as `(out * grad).sum()`).
+    /// Returns (`head`'s value, a surrogate scalar `(seed * grad).sum()` still attached to
+    /// z's graph): backpropagating the surrogate, alone or summed with other terms of z's
+    /// graph such as the KL, delivers the decoder's gradient into z and the encoder.
+    /// Parameter gradients accumulate exactly as with one big backward pass, at ~4/3 the
+    /// compute; memory holds the states instead of every step's activations.
+    pub fn grow_recompute(
+        &self,
+        z: &Tensor,
+        noise: &mut dyn NoiseSource,
+        head: &mut dyn FnMut(&Tensor) -> Tensor,
+    ) -> (Tensor, Tensor) {
+        let seed = Self::seed(z);
+        let mut inputs: Vec<(Tensor, Option<Tensor>)> = Vec::new(); // (step input, mask)
+        let schedule = self.schedule();
+        let last = tch::no_grad(|| {
+            let mut state = seed.detach();
+            for &double_here in &schedule {
+                state = if double_here {
+                    double(&state)
+                } else {
+                    let mask = self.draw_mask(&state, noise);
+                    let next = self.step_masked(&state, mask.as_ref());
+                    inputs.push((state, mask));
+                    next
+                };
+            }
+            state
+        });
+        let last = last.detach().set_requires_grad(true);
+        let loss = head(&last);
+        loss.backward();
+        let mut grad = last.grad();
+        for &double_here in schedule.iter().rev() {
+            grad = if double_here {
+                // The adjoint of copying each cell into a 2x2 block: sum over the block.
+                let s = grad.size();
+                grad.view([s[0], s[1], s[2] / 2, 2, s[3] / 2, 2])
+                    .sum_dim_intlist([3i64, 5].as_slice(), false, None::<tch::Kind>)
+            } else {
+                let (input, mask) = inputs.pop().expect("one stored input per step");
+                let input = input.set_requires_grad(true);
+                let out = self.step_masked(&input, mask.as_ref());
+                (out * &grad).sum(None::<tch::Kind>).backward();
+                input.grad()
+            };
+        }
+        (loss.detach(), (seed * grad).sum(None::<tch::Kind>))
     }
 }
 
