@@ -41,6 +41,8 @@ pub enum Command {
     Eval(EvalArgs),
     /// Write a PNG grid of samples from the prior.
     Sample(SampleArgs),
+    /// Write every figure (samples, reconstructions, growth and recovery GIFs, interpolations).
+    Figures(FiguresArgs),
     /// Print a model summary and its parameter count.
     Info(ArchArgs),
     /// Data preparation.
@@ -187,6 +189,21 @@ pub struct SampleArgs {
     pub seed: u64,
 }
 
+#[derive(Args, Debug)]
+pub struct FiguresArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub arch: ArchArgs,
+    #[arg(long, default_value = "figures")]
+    pub out: PathBuf,
+    /// Data file for the test images (default: the config's).
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum DataCommand {
     /// Binarize the canonical MNIST IDX files into our packed binarized MNIST.
@@ -215,6 +232,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => cmd_train(a, device, threads),
         Command::Eval(a) => cmd_eval(a, device),
         Command::Sample(a) => cmd_sample(a, device),
+        Command::Figures(a) => cmd_figures(a, device),
         Command::Info(a) => cmd_info(a),
         Command::Data(d) => cmd_data(d),
         Command::Bench(a) => cmd_bench(a, device, threads),
@@ -327,6 +345,22 @@ fn cmd_sample(a: SampleArgs, device: tch::Device) -> anyhow::Result<()> {
     let ncol = (a.n as f64).sqrt().ceil() as i64;
     write_grid(&a.out, &imgs, ncol, 2)?;
     eprintln!("wrote {} samples to {}", a.n, a.out.display());
+    Ok(())
+}
+
+fn cmd_figures(a: FiguresArgs, device: tch::Device) -> anyhow::Result<()> {
+    let (model, mut cfg) = load_model(&a.checkpoint, a.arch.explicit()?, device)?;
+    if let Some(d) = a.data {
+        cfg.data.path = d;
+    }
+    let test = dataset::load_split(&cfg.data, "test")?;
+    let opts = crate::figures::report::FigureOptions {
+        seed: a.seed,
+        ..Default::default()
+    };
+    for p in crate::figures::report::write_all(&model, &test, &a.out, &opts)? {
+        println!("{}", p.display());
+    }
     Ok(())
 }
 

@@ -128,6 +128,33 @@ fn train_eval_sample_end_to_end() {
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (3 * 34 + 2, 3 * 34 + 2));
 
+    let figs = dir.path().join("figs");
+    let listed = ok(&[
+        "figures",
+        "--checkpoint",
+        ck.to_str().unwrap(),
+        "--out",
+        figs.to_str().unwrap(),
+    ]);
+    for f in [
+        "samples.png",
+        "samples_binary.png",
+        "growth.png",
+        "growth.gif",
+        "recovery.png",
+        "recovery.gif",
+        "reconstructions.png",
+        "interpolation.png",
+    ] {
+        assert!(
+            listed.contains(f) && figs.join(f).is_file(),
+            "figures did not write {f}"
+        );
+    }
+    // growth.png: 4 rows (samples) x 15 states (tiny-test: seed, 10 steps, 4 doublings).
+    let g = image::open(figs.join("growth.png")).unwrap();
+    assert_eq!((g.width(), g.height()), (15 * 33 + 1, 4 * 33 + 1));
+
     // A bare weights file needs the architecture named.
     let weights =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny_weights.safetensors");

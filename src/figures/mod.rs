@@ -1,2 +1,5 @@
-//! Pictures of what the model does: grids of images, and the growth of samples.
+//! Pictures of what the model does: image grids, growth and recovery sequences, GIFs.
+pub mod anim;
 pub mod grid;
+pub mod growth;
+pub mod report;

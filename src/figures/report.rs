@@ -1,0 +1,130 @@
+//! `vnca figures`: every picture of the paper that this model type supports, for any
+//! checkpoint (PAPER.md section 7): prior samples (means and binary draws), test
+//! reconstructions, growth sequences (grid and GIF), damage and recovery (grid and GIF),
+//! and latent interpolations between test digits and between prior draws.
+use super::anim::write_gif;
+use super::grid::write_grid;
+use super::growth::{frames_as_rows, growth_frames, recovery_frames};
+use crate::dataset::Split;
+use crate::model::Vnca;
+use crate::noise::{Noise, NoiseSource};
+use std::path::{Path, PathBuf};
+use tch::{Kind, Tensor};
+
+pub struct FigureOptions {
+    pub seed: u64,
+    /// Digit pairs for the posterior-mean interpolations (the reference showed 2->7, 5->3, 4->8).
+    pub digit_pairs: Vec<(u8, u8)>,
+    /// NCA steps after the damage.
+    pub recovery_steps: usize,
+}
+
+impl Default for FigureOptions {
+    fn default() -> Self {
+        FigureOptions {
+            seed: 0,
+            digit_pairs: vec![(2, 7), (5, 3), (4, 8)],
+            recovery_steps: 24,
+        }
+    }
+}
+
+/// Write every figure into `out`; returns the files written.
+pub fn write_all(
+    model: &Vnca,
+    test: &Split,
+    out: &Path,
+    o: &FigureOptions,
+) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(out).map_err(|e| anyhow::anyhow!("`{}`: {e}", out.display()))?;
+    let mut noise = Noise::new(o.seed);
+    tch::manual_seed(o.seed as i64); // the Bernoulli draws of samples_binary.png
+    let size = model.cfg.image_size;
+    let dev = model.device();
+    let mut written = Vec::new();
+    let mut put = |name: &str| {
+        let p = out.join(name);
+        written.push(p.clone());
+        p
+    };
+    tch::no_grad(|| -> anyhow::Result<()> {
+        // Prior samples: the Bernoulli means and one binary draw of each.
+        let z = noise.normal(&[64, model.cfg.z_dim]).to_device(dev);
+        let (frames, last) = growth_frames(model, &z, &mut noise);
+        let mean = frames.last().expect("at least one frame").shallow_clone();
+        write_grid(&put("samples.png"), &mean, 8, 2)?;
+        write_grid(&put("samples_binary.png"), &mean.bernoulli(), 8, 2)?;
+
+        // Growth of the first samples: one row per sample, one column per state.
+        let few: Vec<Tensor> = frames.iter().map(|f| f.narrow(0, 0, 4)).collect();
+        write_grid(
+            &put("growth.png"),
+            &frames_as_rows(&few),
+            few.len() as i64,
+            1,
+        )?;
+        let sixteen: Vec<Tensor> = frames.iter().map(|f| f.narrow(0, 0, 16)).collect();
+        write_gif(&put("growth.gif"), &sixteen, 4, 4, 120)?;
+
+        // Damage: erase a square of half the side at a random place, let the cells recover.
+        let side = size / 2;
+        let top = (noise.normal(&[1]).double_value(&[0]).abs() * 1e6) as i64 % (size - side + 1);
+        let left = (noise.normal(&[1]).double_value(&[0]).abs() * 1e6) as i64 % (size - side + 1);
+        let rec = recovery_frames(
+            model,
+            &last.narrow(0, 0, 8),
+            (top, left, side),
+            o.recovery_steps,
+            &mut noise,
+        );
+        let shown: Vec<Tensor> = rec.iter().step_by(2).map(|f| f.shallow_clone()).collect();
+        write_grid(
+            &put("recovery.png"),
+            &frames_as_rows(&shown),
+            shown.len() as i64,
+            1,
+        )?;
+        write_gif(&put("recovery.gif"), &rec, 4, 4, 150)?;
+
+        // Reconstructions: rows of 8 test images, each followed by its reconstruction.
+        let x = test.range(0, 32.min(test.len()), size, dev);
+        let q = model.encode(&x);
+        let recon = model.render_mean(&model.decode(&q.mu, &mut noise));
+        let rows: Vec<Tensor> = (0..x.size()[0])
+            .step_by(8)
+            .flat_map(|s| {
+                let len = 8.min(x.size()[0] - s);
+                [x.narrow(0, s, len), recon.narrow(0, s, len)]
+            })
+            .collect();
+        write_grid(&put("reconstructions.png"), &Tensor::cat(&rows, 0), 8, 2)?;
+
+        // Interpolations: 8 evenly spaced points between posterior means of two test
+        // digits (first test image of each label), and between two prior draws.
+        let mut ends: Vec<(Tensor, Tensor)> = Vec::new();
+        if let Some(labels) = &test.labels {
+            let labels = Vec::<u8>::try_from(labels).unwrap_or_default();
+            for &(a, b) in &o.digit_pairs {
+                let find = |d: u8| labels.iter().position(|&l| l == d);
+                if let (Some(i), Some(j)) = (find(a), find(b)) {
+                    let xi = test.range(i as i64, 1, size, dev);
+                    let xj = test.range(j as i64, 1, size, dev);
+                    ends.push((model.encode(&xi).mu, model.encode(&xj).mu));
+                }
+            }
+        }
+        let p = noise.normal(&[2, model.cfg.z_dim]).to_device(dev);
+        ends.push((p.narrow(0, 0, 1), p.narrow(0, 1, 1)));
+        let ts = Tensor::linspace(0.0, 1.0, 8, (Kind::Float, dev)).unsqueeze(1); // [8, 1]
+        let rows: Vec<Tensor> = ends
+            .iter()
+            .map(|(a, b)| {
+                let z = a * (1.0 - &ts) + b * &ts; // [8, Z]
+                model.render_mean(&model.decode(&z, &mut noise))
+            })
+            .collect();
+        write_grid(&put("interpolation.png"), &Tensor::cat(&rows, 0), 8, 2)?;
+        Ok(())
+    })?;
+    Ok(written)
+}
