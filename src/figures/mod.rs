@@ -2,4 +2,6 @@
 pub mod anim;
 pub mod grid;
 pub mod growth;
+pub mod plots;
 pub mod report;
+pub mod tsne;

@@ -1,10 +1,13 @@
 //! `vnca figures`: every picture of the paper that this model type supports, for any
 //! checkpoint (PAPER.md section 7): prior samples (means and binary draws), test
 //! reconstructions, growth sequences (grid and GIF), damage and recovery (grid and GIF),
-//! and latent interpolations between test digits and between prior draws.
+//! latent interpolations between test digits and between prior draws, the t-SNE of
+//! posterior means by digit, and the run's training curves.
 use super::anim::write_gif;
 use super::grid::write_grid;
 use super::growth::{frames_as_rows, growth_frames, recovery_frames};
+use super::plots::{labelled_scatter, training_curves};
+use super::tsne;
 use crate::dataset::Split;
 use crate::model::Vnca;
 use crate::noise::{Noise, NoiseSource};
@@ -17,6 +20,10 @@ pub struct FigureOptions {
     pub digit_pairs: Vec<(u8, u8)>,
     /// NCA steps after the damage.
     pub recovery_steps: usize,
+    /// Test images in the t-SNE of posterior means (0: no t-SNE).
+    pub tsne_points: usize,
+    /// The run's metrics file, for the training curves (None: no curves).
+    pub metrics: Option<PathBuf>,
 }
 
 impl Default for FigureOptions {
@@ -25,6 +32,8 @@ impl Default for FigureOptions {
             seed: 0,
             digit_pairs: vec![(2, 7), (5, 3), (4, 8)],
             recovery_steps: 24,
+            tsne_points: 5000,
+            metrics: None,
         }
     }
 }
@@ -126,5 +135,14 @@ pub fn write_all(
         write_grid(&put("interpolation.png"), &Tensor::cat(&rows, 0), 8, 2)?;
         Ok(())
     })?;
+    if o.tsne_points > 0 && test.labels.is_some() {
+        let (means, labels) = tsne::posterior_means(model, test, o.tsne_points, o.seed)?;
+        let emb = tsne::embed(&means, o.seed);
+        let title = format!("t-SNE of posterior means, {} test images", labels.len());
+        labelled_scatter(&emb, &labels, &title, &put("tsne.png"))?;
+    }
+    if let Some(m) = o.metrics.as_ref().filter(|m| m.is_file()) {
+        training_curves(m, &put("training_curves.png"))?;
+    }
     Ok(written)
 }
