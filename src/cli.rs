@@ -136,8 +136,11 @@ pub struct TrainArgs {
     #[arg(long)]
     pub steps: Option<u64>,
     /// Continue from <out>/latest.safetensors.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     pub resume: bool,
+    /// Start afresh in a directory that already holds a run, replacing its checkpoints.
+    #[arg(long)]
+    pub overwrite: bool,
     /// Override the data file/directory of the config.
     #[arg(long)]
     pub data: Option<PathBuf>,
@@ -278,6 +281,7 @@ fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> anyhow::Resul
         device,
         resume: a.resume,
         quiet: a.quiet,
+        overwrite: a.overwrite,
     };
     let s = train(&cfg, &opts)?;
     eprintln!(
@@ -301,7 +305,7 @@ fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
             if let Some(p) = other {
                 cfg.data.path = p.clone();
             }
-            dataset::load_split(&cfg.data, &a.split)?
+            dataset::load_split(&cfg, &a.split)?
         }
     };
     let n = a
@@ -359,7 +363,7 @@ fn cmd_figures(a: FiguresArgs, device: tch::Device) -> anyhow::Result<()> {
     if let Some(d) = a.data {
         cfg.data.path = d;
     }
-    let test = dataset::load_split(&cfg.data, "test")?;
+    let test = dataset::load_split(&cfg, "test")?;
     let opts = crate::figures::report::FigureOptions {
         seed: a.seed,
         tsne_points: a.tsne_points,

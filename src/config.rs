@@ -16,6 +16,34 @@ pub const PRESETS: &[(&str, &str)] = &[
         include_str!("../configs/mnist-doubling.toml"),
     ),
     ("tiny-test", include_str!("../configs/tiny-test.toml")),
+    (
+        "mnist-nondoubling-damage",
+        include_str!("../configs/mnist-nondoubling-damage.toml"),
+    ),
+    (
+        "mnist-nondoubling-damage-small",
+        include_str!("../configs/mnist-nondoubling-damage-small.toml"),
+    ),
+    (
+        "celeba-doubling-64",
+        include_str!("../configs/celeba-doubling-64.toml"),
+    ),
+    (
+        "celeba-doubling-64-beta100",
+        include_str!("../configs/celeba-doubling-64-beta100.toml"),
+    ),
+    (
+        "celeba-nondoubling-damage-32",
+        include_str!("../configs/celeba-nondoubling-damage-32.toml"),
+    ),
+    (
+        "emoji-doubling-64",
+        include_str!("../configs/emoji-doubling-64.toml"),
+    ),
+    (
+        "emoji-doubling-small",
+        include_str!("../configs/emoji-doubling-small.toml"),
+    ),
 ];
 
 /// The preset `vnca train` uses when given neither `--config` nor `--preset`.
@@ -56,6 +84,19 @@ pub struct Config {
 pub enum DecoderKind {
     /// z broadcast to a 2x2 grid, then (double every cell, run steps) until `image_size`.
     Doubling,
+    /// z broadcast to every cell of the `image_size` grid, then T ~ U{min..max} steps.
+    NonDoubling,
+}
+
+/// The update network's architecture (PAPER.md 3.5).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateNetKind {
+    /// 3x3 conv, `n_residual` residual 1x1 blocks, zero-initialised 1x1 conv.
+    #[default]
+    Residual,
+    /// 3x3 conv, ELU, zero-initialised 1x1 conv without bias.
+    Simple,
 }
 
 /// p(x|z) read from the final cell states.
@@ -64,6 +105,9 @@ pub enum DecoderKind {
 pub enum LikelihoodKind {
     /// Bernoulli with logits = state channel 0 (binary images).
     Bernoulli,
+    /// Discretized logistic mixture over RGB (PixelCNN++), `n_mix` components read
+    /// from the first 10 * n_mix state channels (8-bit colour images).
+    Dml,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -85,12 +129,29 @@ pub struct ModelConfig {
     /// Side of the (square) image and of the final grid; a power of two for `doubling`.
     pub image_size: i64,
     pub decoder: DecoderKind,
-    /// NCA steps after the seed and after every doubling (8 in the paper).
+    #[serde(default)]
+    pub update_net: UpdateNetKind,
+    /// Doubling: NCA steps after the seed and after every doubling (8 in the paper).
+    #[serde(default = "default_steps_per_stage")]
     pub steps_per_stage: usize,
+    /// Non-doubling: the number of steps of a growth is drawn from min..=max.
+    #[serde(default)]
+    pub min_steps: usize,
+    #[serde(default)]
+    pub max_steps: usize,
     /// Probability that a cell applies its update at a step (1.0 = synchronous, deterministic).
     #[serde(default = "default_p_update")]
     pub p_update: f64,
     pub likelihood: LikelihoodKind,
+    /// Mixture components of the `dml` likelihood.
+    #[serde(default = "default_n_mix")]
+    pub n_mix: i64,
+    /// Clip the encoder's mu to [-c, c] (the beta = 100 CelebA run used 100).
+    #[serde(default)]
+    pub clip_mu: Option<f64>,
+    /// Clip the encoder's log sigma to [-c, c] (the beta = 100 CelebA run used 7).
+    #[serde(default)]
+    pub clip_log_sigma: Option<f64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -110,6 +171,20 @@ pub struct DataConfig {
     /// Split used for the periodic evaluation and the `best` checkpoint.
     #[serde(default = "default_val_split")]
     pub val_split: String,
+    /// emoji: leave out the flag glyphs / the skin-tone variants.
+    #[serde(default)]
+    pub drop_flags: bool,
+    #[serde(default)]
+    pub drop_skin_tones: bool,
+    /// emoji, folder: the seeded held-out fraction (the `valid` split, which is also
+    /// what `test` means for them), and its seed.
+    #[serde(default = "default_valid_fraction")]
+    pub valid_fraction: f64,
+    #[serde(default)]
+    pub split_seed: u64,
+    /// Use only the first N images of each split (quick runs on big data sets).
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -135,6 +210,14 @@ pub struct TrainConfig {
     /// Importance samples per image in the periodic evaluation (1 = single-sample ELBO).
     #[serde(default = "default_eval_iw")]
     pub eval_iw_samples: i64,
+    /// Recompute each NCA step in the backward pass instead of keeping its activations
+    /// (as the reference always did): ~4/3 the compute, a fraction of the memory. For
+    /// GPUs with little memory; off by default.
+    #[serde(default)]
+    pub grad_checkpointing: bool,
+    /// Pool and damage training (non-doubling models only; PAPER.md 4.6).
+    #[serde(default)]
+    pub pool: Option<PoolConfig>,
     /// Seed of every random stream (init, data order, noise).
     #[serde(default)]
     pub seed: u64,
@@ -147,6 +230,37 @@ fn default_encoder_width() -> i64 {
     32
 }
 fn default_channels() -> i64 {
+    1
+}
+/// Which KL the pool rows of a batch contribute (see src/train/pool.rs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PoolKl {
+    /// The reference's: the KL of a fresh encoding of the pool image (never decoded).
+    #[default]
+    Reference,
+    /// Only the rows decoded from z contribute a KL.
+    FreshOnly,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Entries kept (1024 in the paper).
+    pub size: usize,
+    /// Side of the zeroed square (14 for 28x28 MNIST, 16 for 32x32 CelebA).
+    pub damage_size: i64,
+    #[serde(default)]
+    pub kl: PoolKl,
+}
+
+fn default_valid_fraction() -> f64 {
+    0.2
+}
+fn default_steps_per_stage() -> usize {
+    8
+}
+fn default_n_mix() -> i64 {
     1
 }
 fn default_p_update() -> f64 {
@@ -177,9 +291,17 @@ fn default_eval_iw() -> i64 {
 impl Config {
     /// Parse and validate TOML text; `origin` names the file or preset in errors.
     pub fn from_toml_str(text: &str, origin: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            origin: origin.to_string(),
-            msg: e.message().to_string() + &span_hint(text, e.span()),
+        let cfg: Config = toml::from_str(text).map_err(|e| {
+            // toml's syntax messages have an "expected ..." second line: keep errors one
+            // line. A control character in a comment comes with no message at all.
+            let msg = match e.message().trim_end() {
+                "" => "invalid TOML syntax".to_string(),
+                m => m.replace('\n', "; "),
+            };
+            ConfigError::Parse {
+                origin: origin.to_string(),
+                msg: msg + &span_hint(text, e.span()),
+            }
         })?;
         cfg.validate(origin)?;
         Ok(cfg)
@@ -205,9 +327,13 @@ impl Config {
         toml::to_string_pretty(self).expect("a Config always serializes to TOML")
     }
 
-    /// Number of doublings from the 2x2 seed to `image_size` (4 for 32x32).
+    /// Number of doublings from the 2x2 seed to `image_size` (4 for 32x32; 0 for the
+    /// non-doubling decoder).
     pub fn n_doublings(&self) -> usize {
-        (self.model.image_size as u64).trailing_zeros() as usize - 1
+        match self.model.decoder {
+            DecoderKind::Doubling => (self.model.image_size as u64).trailing_zeros() as usize - 1,
+            DecoderKind::NonDoubling => 0,
+        }
     }
 
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
@@ -231,20 +357,52 @@ impl Config {
                 format!("{} (must be >= 1)", m.encoder_width),
             );
         }
-        if m.channels != 1 {
+        let want_channels = match m.likelihood {
+            LikelihoodKind::Bernoulli => 1,
+            LikelihoodKind::Dml => 3,
+        };
+        if m.channels != want_channels {
             return bad(
                 "model.channels",
-                format!("{} (Bernoulli models are 1-channel)", m.channels),
+                format!(
+                    "{} (the {:?} likelihood models {want_channels}-channel images)",
+                    m.channels, m.likelihood
+                ),
+            );
+        }
+        if m.likelihood == LikelihoodKind::Dml && (m.n_mix < 1 || 10 * m.n_mix > m.z_dim) {
+            return bad(
+                "model.n_mix",
+                format!(
+                    "{} (needs 1 <= n_mix and 10 * n_mix <= z_dim = {})",
+                    m.n_mix, m.z_dim
+                ),
             );
         }
         let s = m.image_size;
-        if s < 16 || (s as u64).count_ones() != 1 {
-            return bad(
-                "model.image_size",
-                format!(
-                    "{s} (the doubling decoder and the 5-layer encoder need a power of two >= 16)"
-                ),
-            );
+        match m.decoder {
+            DecoderKind::Doubling if s < 16 || (s as u64).count_ones() != 1 => {
+                return bad(
+                    "model.image_size",
+                    format!("{s} (the doubling decoder needs a power of two >= 16)"),
+                );
+            }
+            DecoderKind::NonDoubling if !(16..=512).contains(&s) || (s % 16) % 2 == 1 => {
+                return bad(
+                    "model.image_size",
+                    format!("{s} (must be even and in 16..=512: the encoder pads it to a multiple of 16)"),
+                );
+            }
+            DecoderKind::NonDoubling if m.min_steps == 0 || m.max_steps < m.min_steps => {
+                return bad(
+                    "model.min_steps/max_steps",
+                    format!(
+                        "{}..={} (need 1 <= min_steps <= max_steps)",
+                        m.min_steps, m.max_steps
+                    ),
+                );
+            }
+            _ => {}
         }
         if m.steps_per_stage == 0 {
             return bad("model.steps_per_stage", "0 (must be >= 1)".into());
@@ -255,10 +413,29 @@ impl Config {
                 format!("{} (must be in (0, 1])", m.p_update),
             );
         }
-        if self.data.dataset != "binarized-mnist" {
+        let want = match self.data.dataset.as_str() {
+            "binarized-mnist" => LikelihoodKind::Bernoulli,
+            "emoji" | "celeba" | "folder" => LikelihoodKind::Dml,
+            other => {
+                return bad(
+                    "data.dataset",
+                    format!("`{other}` (supported: binarized-mnist, emoji, celeba, folder)"),
+                )
+            }
+        };
+        if want != m.likelihood {
             return bad(
-                "data.dataset",
-                format!("`{}` (supported: binarized-mnist)", self.data.dataset),
+                "model.likelihood",
+                format!(
+                    "{:?} does not fit data set `{}` (use {want:?})",
+                    m.likelihood, self.data.dataset
+                ),
+            );
+        }
+        if !(0.0..1.0).contains(&self.data.valid_fraction) {
+            return bad(
+                "data.valid_fraction",
+                format!("{} (must be in [0, 1))", self.data.valid_fraction),
             );
         }
         let splits = ["train", "valid", "test"];
@@ -307,25 +484,87 @@ impl Config {
         if t.eval_every == 0 {
             return bad("train.eval_every", "0 (must be >= 1)".into());
         }
+        if let Some(pool) = &t.pool {
+            if m.decoder != DecoderKind::NonDoubling {
+                return bad(
+                    "train.pool",
+                    "pool training needs decoder = \"non-doubling\"".into(),
+                );
+            }
+            if t.grad_checkpointing {
+                return bad(
+                    "train.pool",
+                    "not supported together with grad_checkpointing".into(),
+                );
+            }
+            if pool.damage_size < 1 || pool.damage_size > m.image_size {
+                return bad(
+                    "train.pool.damage_size",
+                    format!("{} (must be in 1..={})", pool.damage_size, m.image_size),
+                );
+            }
+            if pool.size < t.batch_size as usize {
+                return bad(
+                    "train.pool.size",
+                    format!("{} (must be >= batch_size)", pool.size),
+                );
+            }
+        }
         if t.eval_iw_samples < 1 {
             return bad(
                 "train.eval_iw_samples",
                 format!("{} (must be >= 1)", t.eval_iw_samples),
             );
         }
+        // Typo guards, far above the paper's sizes (Z = hidden = 256, width 32, 32x32, batch
+        // 32): a stray extra digit fails here instead of aborting the process in an
+        // allocation of terabytes while the model or the first batch is built.
+        let limits = [
+            ("model.z_dim", m.z_dim, 4096),
+            ("model.hidden", m.hidden, 4096),
+            ("model.encoder_width", m.encoder_width, 256),
+            (
+                "model.n_residual",
+                i64::try_from(m.n_residual).unwrap_or(i64::MAX),
+                64,
+            ),
+            ("model.image_size", s, 512),
+            ("train.batch_size", t.batch_size, 65536),
+        ];
+        for (field, value, max) in limits {
+            if value > max {
+                return bad(field, format!("{value} (must be <= {max})"));
+            }
+        }
         Ok(())
     }
 }
 
-/// " (line L, column C)" for a TOML error span, so users find the bad key quickly.
+/// " (line L, column C: `the line`)" for a TOML error span, so users find the bad key
+/// quickly: type errors ("expected usize") do not name the key themselves.
 fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {
         return String::new();
     };
-    let before = &text[..span.start.min(text.len())];
+    let mut start = span.start.min(text.len());
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let before = &text[..start];
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
     let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    format!(" (line {line}, column {col})")
+    let col = before.len() - line_start + 1;
+    let content = text[line_start..].lines().next().unwrap_or("");
+    let content = content.replace(char::is_control, " ");
+    let content = content.trim();
+    if content.is_empty() {
+        return format!(" (line {line}, column {col})");
+    }
+    let shown = match content.char_indices().nth(60) {
+        Some((i, _)) => format!("{}...", &content[..i]),
+        None => content.to_string(),
+    };
+    format!(" (line {line}, column {col}: `{shown}`)")
 }
 
 #[cfg(test)]

@@ -1,7 +1,10 @@
 //! From decoded image sets to training tensors: the splits a config asks for, kept on
-//! the CPU as u8 (61 MB for all of MNIST), batched by index, converted to f32 and
-//! zero-padded to the model's grid (28 -> 32 for the doubling model) on the way out.
+//! the CPU as u8 (61 MB for all of MNIST), batched by index, converted to f32 in [0, 1]
+//! and zero-padded to the model's grid (28 -> 32 for the doubling model) on the way out.
+//! Binarized MNIST comes with its own splits; the emoji and folder sets get a seeded
+//! held-out split; CelebA uses its official partition.
 use crate::config::{Config, DataConfig};
+use crate::data::folder::ImageFolder;
 use crate::data::{self, BinarizedMnist, ImageSet};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
@@ -11,10 +14,12 @@ use tch::{Device, Kind, Tensor};
 /// One split as a tensor.
 pub struct Split {
     pub name: String,
-    /// [N, 1, 28, 28] u8 in {0, 1}, CPU.
+    /// [N, C, H, W] u8, CPU: {0, 1} for binarized MNIST, 0..=255 for colour images.
     pub images: Tensor,
     /// [N] u8 digit labels when the source has them.
     pub labels: Option<Tensor>,
+    /// The value of a full-intensity pixel in `images` (1 or 255).
+    pub levels: f64,
 }
 
 impl Split {
@@ -24,6 +29,27 @@ impl Split {
             name: name.to_string(),
             images: Tensor::from_slice(&set.images).view([n, 1, r, c]),
             labels: set.labels.as_ref().map(|l| Tensor::from_slice(l)),
+            levels: 1.0,
+        }
+    }
+
+    /// 8-bit images (interleaved channels) as a split; `idx` picks which, in order.
+    pub fn from_folder(name: &str, f: &ImageFolder, idx: &[usize]) -> Split {
+        let (s, c) = (f.size as usize, f.channels as usize);
+        let per = s * s * c;
+        let mut bytes = Vec::with_capacity(idx.len() * per);
+        for &i in idx {
+            bytes.extend_from_slice(&f.images[i * per..(i + 1) * per]);
+        }
+        let images = Tensor::from_slice(&bytes)
+            .view([idx.len() as i64, s as i64, s as i64, c as i64])
+            .permute([0, 3, 1, 2])
+            .contiguous(); // [N, C, S, S]
+        Split {
+            name: name.to_string(),
+            images,
+            labels: None,
+            levels: 255.0,
         }
     }
 
@@ -38,19 +64,28 @@ impl Split {
     /// Images `idx` as f32, zero-padded to `size` x `size`, on `device`: [B, 1, size, size].
     pub fn batch(&self, idx: &[i64], size: i64, device: Device) -> Tensor {
         let sel = self.images.index_select(0, &Tensor::from_slice(idx));
-        to_model_input(&sel, size, device)
+        to_model_input(&sel, size, device, self.levels)
     }
 
     /// Images start..start+len, as `batch`.
     pub fn range(&self, start: i64, len: i64, size: i64, device: Device) -> Tensor {
-        to_model_input(&self.images.narrow(0, start, len), size, device)
+        to_model_input(
+            &self.images.narrow(0, start, len),
+            size,
+            device,
+            self.levels,
+        )
     }
 }
 
-/// u8 [B, 1, h, w] -> f32 [B, 1, size, size], centred with zero padding, on `device`.
-pub fn to_model_input(images: &Tensor, size: i64, device: Device) -> Tensor {
+/// u8 [B, C, h, w] -> f32 [B, C, size, size] in [0, 1], centred with zero padding, on
+/// `device`. `levels` is the u8 value of a full-intensity pixel.
+pub fn to_model_input(images: &Tensor, size: i64, device: Device, levels: f64) -> Tensor {
     let (h, w) = (images.size()[2], images.size()[3]);
-    let x = images.to_device(device).to_kind(Kind::Float);
+    let mut x = images.to_device(device).to_kind(Kind::Float);
+    if levels != 1.0 {
+        x /= levels;
+    }
     if h == size && w == size {
         return x;
     }
@@ -60,6 +95,11 @@ pub fn to_model_input(images: &Tensor, size: i64, device: Device) -> Tensor {
 
 /// Load the data set a config names and return (train, validation) splits.
 pub fn load_train_val(cfg: &Config) -> anyhow::Result<(Split, Split)> {
+    if cfg.data.dataset != "binarized-mnist" {
+        let train = load_split(cfg, "train")?;
+        let val = load_split(cfg, &cfg.data.val_split)?;
+        return Ok((train, val));
+    }
     let all = load_mnist(&cfg.data)?;
     let mut train: Option<ImageSet> = None;
     for name in &cfg.data.train_splits {
@@ -69,21 +109,92 @@ pub fn load_train_val(cfg: &Config) -> anyhow::Result<(Split, Split)> {
             Some(t) => t.concat(s),
         });
     }
-    let train = train.expect("validated: train_splits non-empty");
-    let val = pick(&all, &cfg.data.val_split);
+    let train = limited(
+        train.expect("validated: train_splits non-empty"),
+        cfg.data.limit,
+    );
+    let val = limited(pick(&all, &cfg.data.val_split).clone(), cfg.data.limit);
+    // A valid file may hold an empty split; training and validation need images.
+    for (split, set) in [
+        (cfg.data.train_splits.join("+"), &train),
+        (cfg.data.val_split.clone(), &val),
+    ] {
+        if set.is_empty() {
+            anyhow::bail!("`{}`: split {split} has no images", cfg.data.path.display());
+        }
+    }
     Ok((
         Split::from_image_set(&cfg.data.train_splits.join("+"), &train),
-        Split::from_image_set(&cfg.data.val_split, val),
+        Split::from_image_set(&cfg.data.val_split, &val),
     ))
 }
 
-/// Load one named split ("train", "valid" or "test").
-pub fn load_split(data: &DataConfig, name: &str) -> anyhow::Result<Split> {
-    let all = load_mnist(data)?;
-    match name {
-        "train" | "valid" | "test" => Ok(Split::from_image_set(name, pick(&all, name))),
-        _ => anyhow::bail!("unknown split `{name}` (splits: train, valid, test)"),
+fn limited(set: ImageSet, limit: Option<usize>) -> ImageSet {
+    match limit {
+        Some(l) if l < set.len() => set.slice(0..l),
+        _ => set,
     }
+}
+
+/// Load one named split ("train", "valid" or "test") of the config's data set. For the
+/// emoji and folder sets, which have one held-out split, "test" is "valid".
+pub fn load_split(cfg: &Config, name: &str) -> anyhow::Result<Split> {
+    if !["train", "valid", "test"].contains(&name) {
+        anyhow::bail!("unknown split `{name}` (splits: train, valid, test)");
+    }
+    let d = &cfg.data;
+    let size = cfg.model.image_size as u32;
+    let pick_held_out = |n: usize| {
+        let (train, valid) = data::folder::split_indices(n, d.split_seed, d.valid_fraction);
+        let mut idx = if name == "train" { train } else { valid };
+        if let Some(l) = d.limit {
+            idx.truncate(l);
+        }
+        idx
+    };
+    let split = match d.dataset.as_str() {
+        "binarized-mnist" => {
+            let all = load_mnist(d)?;
+            Split::from_image_set(name, &limited(pick(&all, name).clone(), d.limit))
+        }
+        "emoji" => {
+            let opts = data::emoji::EmojiOptions {
+                size,
+                drop_flags: d.drop_flags,
+                drop_skin_tones: d.drop_skin_tones,
+            };
+            let items = if d.path.is_dir() {
+                data::emoji::read_png_folder(&d.path, &opts)?
+            } else {
+                data::emoji::read_font(&d.path, &opts)?
+            };
+            let (train, valid) = data::emoji::split(items, d.split_seed, d.valid_fraction);
+            let mut chosen = if name == "train" { train } else { valid };
+            if let Some(l) = d.limit {
+                chosen.truncate(l);
+            }
+            let folder = ImageFolder {
+                names: chosen.iter().map(|e| e.name.clone()).collect(),
+                images: chosen.iter().flat_map(|e| e.rgb.iter().copied()).collect(),
+                size,
+                channels: 3,
+            };
+            Split::from_folder(name, &folder, &(0..chosen.len()).collect::<Vec<_>>())
+        }
+        "celeba" => {
+            let f = data::celeba::read_split(&d.path, name, size, d.limit)?;
+            Split::from_folder(name, &f, &(0..f.names.len()).collect::<Vec<_>>())
+        }
+        _ => {
+            let f = data::folder::read_folder(&d.path, size, cfg.model.channels as u8)?;
+            let idx = pick_held_out(f.names.len());
+            Split::from_folder(name, &f, &idx)
+        }
+    };
+    if split.is_empty() {
+        anyhow::bail!("`{}`: split {name} has no images", d.path.display());
+    }
+    Ok(split)
 }
 
 fn load_mnist(data: &DataConfig) -> anyhow::Result<BinarizedMnist> {
@@ -136,6 +247,11 @@ impl EpochSampler {
         p
     }
 
+    /// Number of items it permutes: the size of the split it was made for.
+    pub fn n_items(&self) -> usize {
+        self.n
+    }
+
     pub fn next_batch(&mut self, batch: usize) -> Vec<i64> {
         let mut out = Vec::with_capacity(batch);
         while out.len() < batch {
@@ -175,7 +291,7 @@ mod tests {
     #[test]
     fn pads_to_the_grid_centred() {
         let x = Tensor::ones([1, 1, 28, 28], (Kind::Uint8, Device::Cpu));
-        let y = to_model_input(&x, 32, Device::Cpu);
+        let y = to_model_input(&x, 32, Device::Cpu, 1.0);
         assert_eq!(y.size(), [1, 1, 32, 32]);
         assert_eq!(y.sum(Kind::Float).double_value(&[]), 784.0);
         assert_eq!(y.double_value(&[0, 0, 1, 1]), 0.0);

@@ -15,4 +15,5 @@ pub mod model;
 pub mod noise;
 pub mod objective;
 pub mod restore;
+pub mod serve;
 pub mod train;

@@ -4,7 +4,23 @@ use clap::Parser;
 fn main() {
     let cli = vnca::cli::Cli::parse();
     if let Err(e) = vnca::cli::run(cli) {
-        eprintln!("error: {e:#}");
+        eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and its causes joined by ": " like `{:#}`, except that a cause is left out
+/// when the text before already ends with it: our error types show their I/O cause
+/// themselves (`path`: No such file or directory), which `{:#}` would print twice.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut msg = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if msg.is_empty() {
+            msg = text;
+        } else if !msg.ends_with(&text) {
+            msg = format!("{msg}: {text}");
+        }
+    }
+    msg
 }

@@ -13,6 +13,8 @@ pub trait NoiseSource {
     fn normal(&mut self, shape: &[i64]) -> Tensor;
     /// 0/1 f32 mask on the CPU, each entry 1 with probability `p`.
     fn mask(&mut self, shape: &[i64], p: f64) -> Tensor;
+    /// Uniform f32 draws in [0, 1) on the CPU (the logistic mixture's sampling noise).
+    fn uniform(&mut self, shape: &[i64]) -> Tensor;
 }
 
 /// The seeded, serialisable noise stream used in training and evaluation.
@@ -45,6 +47,11 @@ impl NoiseSource for Noise {
         let v: Vec<f32> = (0..numel(shape))
             .map(|_| f32::from(self.rng.gen::<f64>() < p))
             .collect();
+        Tensor::from_slice(&v).view(shape)
+    }
+
+    fn uniform(&mut self, shape: &[i64]) -> Tensor {
+        let v: Vec<f32> = (0..numel(shape)).map(|_| self.rng.gen::<f32>()).collect();
         Tensor::from_slice(&v).view(shape)
     }
 }
@@ -80,5 +87,12 @@ mod tests {
         let m = n.mask(&[100_000], 0.3);
         let rate = m.mean(tch::Kind::Float).double_value(&[]);
         assert!((rate - 0.3).abs() < 0.01, "{rate}");
+        let u = n.uniform(&[100_000]);
+        let (lo, hi) = (u.min().double_value(&[]), u.max().double_value(&[]));
+        let mean = u.mean(tch::Kind::Float).double_value(&[]);
+        assert!(
+            lo >= 0.0 && hi < 1.0 && (mean - 0.5).abs() < 0.01,
+            "{lo} {hi} {mean}"
+        );
     }
 }

@@ -22,6 +22,7 @@ fn opts(out: &Path, resume: bool) -> TrainOptions {
         device: Device::Cpu,
         resume,
         quiet: true,
+        overwrite: false,
     }
 }
 

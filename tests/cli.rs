@@ -128,6 +128,35 @@ fn train_eval_sample_end_to_end() {
     let img = image::open(&png).unwrap();
     assert_eq!((img.width(), img.height()), (3 * 34 + 2, 3 * 34 + 2));
 
+    // The run is not overwritten by accident; a stale temporary file of a killed write goes.
+    let err = fails(&[
+        "train",
+        "--preset",
+        "tiny-test",
+        "--steps",
+        "2",
+        "--out",
+        out,
+        "--quiet",
+    ]);
+    assert!(
+        err.contains("already holds a run") && err.contains("--resume"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join(".latest.safetensors.tmp-999999"), b"torn").unwrap();
+    ok(&[
+        "train",
+        "--preset",
+        "tiny-test",
+        "--steps",
+        "4",
+        "--out",
+        out,
+        "--quiet",
+        "--overwrite",
+    ]);
+    assert!(!dir.path().join(".latest.safetensors.tmp-999999").exists());
+
     let figs = dir.path().join("figs");
     let listed = ok(&[
         "figures",

@@ -132,6 +132,39 @@ fn gradients_match_finite_differences() {
     );
 }
 
+/// Every paper preset has the reference's parameter count (PAPER.md 2.2), which pins the
+/// encoder padding of 28x28 inputs, the simple update net and the 64x64 encoder.
+#[test]
+fn paper_presets_have_the_reference_parameter_counts() {
+    for (preset, total, encoder) in [
+        ("mnist-doubling", 6_585_088, 5_402_880),
+        ("mnist-nondoubling-damage", 5_042_304, 4_878_336),
+        ("celeba-doubling-64", 9_732_416, 8_550_208),
+        ("celeba-doubling-64-beta100", 9_732_416, 8_550_208),
+        ("emoji-doubling-64", 9_732_416, 8_550_208),
+        ("celeba-nondoubling-damage-32", 5_864_640, 5_404_480),
+    ] {
+        let cfg = Config::preset(preset).unwrap();
+        let model = Vnca::new(&cfg.model, Device::Cpu, 0);
+        assert_eq!(model.n_parameters(), total, "{preset}");
+        let enc: i64 = model
+            .params()
+            .iter()
+            .filter(|(n, _)| n.starts_with("encoder."))
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        assert_eq!(enc, encoder, "{preset} encoder");
+    }
+    // The simple update net's names: Sequential(Conv3x3, ELU, Conv1x1 without bias).
+    let cfg = Config::preset("mnist-nondoubling-damage").unwrap();
+    let vars = Vnca::new(&cfg.model, Device::Cpu, 0).vs.variables();
+    assert!(
+        vars.contains_key("nca.update_net.0.bias") && vars.contains_key("nca.update_net.2.weight")
+    );
+    assert!(!vars.contains_key("nca.update_net.2.bias"));
+    assert_eq!(vars["encoder.0.weight"].size(), [32, 1, 5, 5]);
+}
+
 #[test]
 fn paper_preset_has_the_reference_parameter_count() {
     let cfg = Config::preset("mnist-doubling").unwrap();

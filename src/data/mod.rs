@@ -15,8 +15,11 @@
 pub mod amat;
 pub mod binarize;
 mod bytes;
+pub mod celeba;
 pub mod download;
+pub mod emoji;
 pub mod error;
+pub mod folder;
 pub mod idx;
 pub mod packed;
 

@@ -1,21 +1,38 @@
-//! The doubling NCA decoder (the reference's `MitosisNCA`, PAPER.md 3.2-3.3).
+//! The NCA decoders (PAPER.md 3.2-3.4): one growth loop, two ways to grow.
 //!
-//! z is copied into every cell of a 2x2 grid; the cells run `steps_per_stage` NCA
-//! steps; then every cell divides into a 2x2 block of copies of itself and the cells
-//! run again, until the grid has the image's size (2 -> 4 -> 8 -> 16 -> 32: 40 steps).
+//! - Doubling (the reference's `MitosisNCA`): z is copied into every cell of a 2x2 grid;
+//!   the cells run `steps_per_stage` NCA steps; then every cell divides into a 2x2 block
+//!   of copies of itself and the cells run again, until the grid has the image's size
+//!   (2 -> 4 -> 8 -> 16 -> 32: 40 steps).
+//! - Non-doubling (the reference's `NCA`, for damage recovery): z is copied into every
+//!   cell of the full grid and the cells run T steps, T ~ U{min_steps..max_steps} drawn
+//!   once per growth (shared by the batch), as the reference.
+//!
 //! A step is `state + update(state) * mask`, the mask choosing which cells update
 //! (all of them when p_update = 1, in which case no mask is drawn at all).
 use super::update_net::UpdateNet;
-use crate::config::ModelConfig;
+use crate::config::{DecoderKind, ModelConfig};
 use crate::noise::NoiseSource;
 use tch::{nn, Tensor};
 
 #[derive(Debug)]
-pub struct DoublingNca {
+pub struct Nca {
     pub update_net: UpdateNet,
-    steps_per_stage: usize,
-    n_doublings: usize,
+    growth: Growth,
     p_update: f64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Growth {
+    Doubling {
+        steps_per_stage: usize,
+        n_doublings: usize,
+    },
+    Grid {
+        size: i64,
+        min_steps: usize,
+        max_steps: usize,
+    },
 }
 
 /// Each cell becomes a 2x2 block of copies: [N, C, H, W] -> [N, C, 2H, 2W]
@@ -25,19 +42,36 @@ pub fn double(state: &Tensor) -> Tensor {
     state.upsample_nearest2d([2 * h, 2 * w], None, None)
 }
 
-impl DoublingNca {
+impl Nca {
     pub fn new(p: &nn::Path, cfg: &ModelConfig) -> Self {
-        DoublingNca {
+        let growth = match cfg.decoder {
+            DecoderKind::Doubling => Growth::Doubling {
+                steps_per_stage: cfg.steps_per_stage,
+                n_doublings: (cfg.image_size as u64).trailing_zeros() as usize - 1,
+            },
+            DecoderKind::NonDoubling => Growth::Grid {
+                size: cfg.image_size,
+                min_steps: cfg.min_steps,
+                max_steps: cfg.max_steps,
+            },
+        };
+        Nca {
             update_net: UpdateNet::new(&(p / "update_net"), cfg),
-            steps_per_stage: cfg.steps_per_stage,
-            n_doublings: (cfg.image_size as u64).trailing_zeros() as usize - 1,
+            growth,
             p_update: cfg.p_update,
         }
     }
 
-    /// Total NCA steps of one growth (40 for the paper's 32x32 model).
+    /// NCA steps of one growth: 40 for the paper's 32x32 doubling model; the maximum
+    /// of the drawn range for the non-doubling model.
     pub fn n_steps(&self) -> usize {
-        self.steps_per_stage * (self.n_doublings + 1)
+        match self.growth {
+            Growth::Doubling {
+                steps_per_stage,
+                n_doublings,
+            } => steps_per_stage * (n_doublings + 1),
+            Growth::Grid { max_steps, .. } => max_steps,
+        }
     }
 
     /// The update mask of one step ([N, 1, H, W] on the state's device), or None when
@@ -66,24 +100,46 @@ impl DoublingNca {
         self.step_masked(state, mask.as_ref())
     }
 
-    /// The seed grid: z in every cell of a 2x2 grid, [N, Z] -> [N, Z, 2, 2], with
-    /// channels-last strides, the layout every step keeps.
-    pub fn seed(z: &Tensor) -> Tensor {
+    /// The seed grid: z in every cell of a 2x2 grid (doubling) or of the full grid
+    /// (non-doubling), [N, Z] -> [N, Z, s, s], with channels-last strides, the layout
+    /// every step keeps.
+    pub fn seed(&self, z: &Tensor) -> Tensor {
+        let s = match self.growth {
+            Growth::Doubling { .. } => 2,
+            Growth::Grid { size, .. } => size,
+        };
         let (n, c) = (z.size()[0], z.size()[1]);
         z.view([n, 1, 1, c])
-            .expand([n, 2, 2, c], false)
+            .expand([n, s, s, c], false)
             .contiguous()
             .permute([0, 3, 1, 2])
     }
 
-    /// The schedule of one growth: `true` = a doubling, `false` = an NCA step.
-    fn schedule(&self) -> Vec<bool> {
-        let mut ops = vec![false; self.steps_per_stage];
-        for _ in 0..self.n_doublings {
-            ops.push(true);
-            ops.extend(std::iter::repeat_n(false, self.steps_per_stage));
+    /// The schedule of one growth: `true` = a doubling, `false` = an NCA step. The
+    /// non-doubling model draws its number of steps here (one uniform draw).
+    pub fn schedule(&self, noise: &mut dyn NoiseSource) -> Vec<bool> {
+        match self.growth {
+            Growth::Doubling {
+                steps_per_stage,
+                n_doublings,
+            } => {
+                let mut ops = vec![false; steps_per_stage];
+                for _ in 0..n_doublings {
+                    ops.push(true);
+                    ops.extend(std::iter::repeat_n(false, steps_per_stage));
+                }
+                ops
+            }
+            Growth::Grid {
+                min_steps,
+                max_steps,
+                ..
+            } => {
+                let u = noise.uniform(&[1]).double_value(&[0]);
+                let span = (max_steps - min_steps + 1) as f64;
+                vec![false; min_steps + ((u * span) as usize).min(max_steps - min_steps)]
+            }
         }
-        ops
     }
 
     /// Grows the image from z: [N, Z] -> final state [N, Z, S, S]. `on_state` sees the
@@ -95,9 +151,20 @@ impl DoublingNca {
         noise: &mut dyn NoiseSource,
         on_state: &mut dyn FnMut(&Tensor),
     ) -> Tensor {
-        let mut state = Self::seed(z);
+        self.grow_from(&self.seed(z), noise, on_state)
+    }
+
+    /// Runs one growth's schedule from a given initial state (a seed, or for the pool
+    /// training of the non-doubling model a stored, possibly damaged, final state).
+    pub fn grow_from(
+        &self,
+        state: &Tensor,
+        noise: &mut dyn NoiseSource,
+        on_state: &mut dyn FnMut(&Tensor),
+    ) -> Tensor {
+        let mut state = state.shallow_clone();
         on_state(&state);
-        for double_here in self.schedule() {
+        for double_here in self.schedule(noise) {
             state = if double_here {
                 double(&state)
             } else {
@@ -124,9 +191,9 @@ impl DoublingNca {
         noise: &mut dyn NoiseSource,
         head: &mut dyn FnMut(&Tensor) -> Tensor,
     ) -> (Tensor, Tensor) {
-        let seed = Self::seed(z);
+        let seed = self.seed(z);
         let mut inputs: Vec<(Tensor, Option<Tensor>)> = Vec::new(); // (step input, mask)
-        let schedule = self.schedule();
+        let schedule = self.schedule(noise);
         let last = tch::no_grad(|| {
             let mut state = seed.detach();
             for &double_here in &schedule {
@@ -171,7 +238,7 @@ mod tests {
     fn growth_keeps_channels_last_and_reaches_the_image_size() {
         let cfg = crate::config::Config::preset("tiny-test").unwrap().model;
         let vs = nn::VarStore::new(tch::Device::Cpu);
-        let nca = DoublingNca::new(&vs.root(), &cfg);
+        let nca = Nca::new(&vs.root(), &cfg);
         let mut sizes = Vec::new();
         let mut noise = crate::noise::Noise::new(0);
         let z = Tensor::randn([2, cfg.z_dim], (tch::Kind::Float, tch::Device::Cpu));

@@ -1,9 +1,9 @@
 //! The whole model: encoder, NCA decoder and the likelihood read-out, owning the
 //! VarStore whose names match the reference's `state_dict` (PAPER.md 3.1).
 use super::encoder::Encoder;
-use super::nca::DoublingNca;
-use crate::config::ModelConfig;
-use crate::likelihood::bernoulli;
+use super::nca::Nca;
+use crate::config::{LikelihoodKind, ModelConfig};
+use crate::likelihood::{bernoulli, logistic_mixture};
 use crate::noise::NoiseSource;
 use tch::{nn, Device, Tensor};
 
@@ -11,7 +11,7 @@ use tch::{nn, Device, Tensor};
 pub struct Vnca {
     pub vs: nn::VarStore,
     pub encoder: Encoder,
-    pub nca: DoublingNca,
+    pub nca: Nca,
     pub cfg: ModelConfig,
 }
 
@@ -36,7 +36,7 @@ impl Vnca {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let encoder = Encoder::new(&(&root / "encoder"), cfg);
-        let nca = DoublingNca::new(&(&root / "nca"), cfg);
+        let nca = Nca::new(&(&root / "nca"), cfg);
         Vnca {
             vs,
             encoder,
@@ -74,14 +74,27 @@ impl Vnca {
         self.nca.grow(z, noise, &mut |_| {})
     }
 
-    /// log p(x|z) of final states against images: [N, Z, S, S], [N, 1, S, S] -> [N].
+    /// log p(x|z) of final states against images: [N, Z, S, S], [N, C, S, S] -> [N].
     pub fn log_likelihood(&self, state: &Tensor, x: &Tensor) -> Tensor {
-        bernoulli::log_prob(&bernoulli::logits(state), x)
+        match self.cfg.likelihood {
+            LikelihoodKind::Bernoulli => bernoulli::log_prob(&bernoulli::logits(state), x),
+            LikelihoodKind::Dml => logistic_mixture::log_prob(state, x, self.cfg.n_mix),
+        }
     }
 
-    /// The picture of a state: the likelihood's mean, [N, Z, H, W] -> [N, 1, H, W] in [0, 1].
+    /// The picture of a state: the likelihood's mean, [N, Z, H, W] -> [N, C, H, W] in [0, 1].
     pub fn render_mean(&self, state: &Tensor) -> Tensor {
-        bernoulli::mean(&bernoulli::logits(state))
+        match self.cfg.likelihood {
+            LikelihoodKind::Bernoulli => bernoulli::mean(&bernoulli::logits(state)),
+            // The reference's figures show the average of 100 samples; a fixed noise seed
+            // keeps the picture of a state deterministic.
+            LikelihoodKind::Dml => logistic_mixture::sample_mean(
+                state,
+                self.cfg.n_mix,
+                100,
+                &mut crate::noise::Noise::new(0),
+            ),
+        }
     }
 
     /// Draws z ~ N(0, I) and grows the images: -> final states [n, Z, S, S].

@@ -2,6 +2,7 @@
 pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
+pub mod pool;
 pub mod state;
 pub mod trainer;
 

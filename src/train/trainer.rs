@@ -15,7 +15,7 @@ use crate::eval;
 use crate::figures::grid::write_grid;
 use crate::model::Vnca;
 use crate::noise::Noise;
-use crate::objective::elbo;
+use crate::objective::{elbo, elbo_backward_recompute};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -31,6 +31,8 @@ pub struct TrainOptions {
     pub resume: bool,
     /// Hide the progress bar (tests, logs).
     pub quiet: bool,
+    /// Start afresh in a directory that already holds a run (its checkpoints are replaced).
+    pub overwrite: bool,
 }
 
 #[derive(Debug)]
@@ -59,6 +61,13 @@ pub fn best_path(out: &Path) -> PathBuf {
 pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> {
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create output directory `{}`", opts.out.display()))?;
+    if !opts.resume && !opts.overwrite && latest_path(&opts.out).exists() {
+        bail!(
+            "`{}` already holds a run; pass --resume to continue it, or --overwrite to start over and replace its checkpoints",
+            opts.out.display()
+        );
+    }
+    remove_stale_temporaries(&opts.out);
     let (train_split, val_split) = dataset::load_train_val(cfg)?;
     let model = Vnca::new(&cfg.model, opts.device, cfg.train.seed);
     let params: Params = model.params();
@@ -74,14 +83,34 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
     let metrics_path = opts.out.join("metrics.jsonl");
     if opts.resume {
         state = resume(&opts.out, &model, &mut adam)?;
-        super::metrics::truncate_after(&metrics_path, state.step)?;
+        // The saved data order indexes the split it was made for; other data would index
+        // out of range (or silently change the run).
+        let (saved, now) = (state.sampler.n_items(), train_split.len() as usize);
+        if saved != now {
+            bail!(
+                "`{}` was trained on {saved} images, but the training data `{}` has {now}; \
+                 resume with the same data",
+                latest_path(&opts.out).display(),
+                cfg.data.path.display()
+            );
+        }
     }
+    // Records after the starting step belong to a run we are replacing (all of them when
+    // starting afresh in a used directory, e.g. after a crash before the first checkpoint).
+    super::metrics::truncate_after(&metrics_path, state.step)?;
     let config_path = opts.out.join("config.toml");
     checkpoint::write_atomic(&config_path, cfg.to_toml().as_bytes())?;
     let mut log = MetricsLog::open(&metrics_path)?;
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     INTERRUPTED.store(false, Ordering::SeqCst);
 
+    // The pool starts empty, also on resume: it is not saved in checkpoints (1024 final
+    // states are hundreds of MB), so a resumed pool run is not bit-identical to an
+    // uninterrupted one (docs/EXPERIMENTS.md).
+    let mut pool = t
+        .pool
+        .as_ref()
+        .map(|p| super::pool::Pool::new(p.size, p.damage_size, p.kl));
     let bar = progress_bar(t.steps, state.step, opts.quiet);
     let mut last_loss = f64::NAN;
     let mut interrupted = false;
@@ -89,13 +118,21 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         let t0 = std::time::Instant::now();
         let idx = state.sampler.next_batch(t.batch_size as usize);
         let x = train_split.batch(&idx, cfg.model.image_size, opts.device);
-        let terms = elbo(&model, &x, t.beta, &mut state.noise);
+        zero_grad(&params);
+        let terms = if let Some(pool) = pool.as_mut() {
+            pool.elbo(&model, &x, t.beta, &mut state.noise)
+        } else if t.grad_checkpointing {
+            elbo_backward_recompute(&model, &x, t.beta, &mut state.noise)
+        } else {
+            elbo(&model, &x, t.beta, &mut state.noise)
+        };
         let loss = terms.loss.double_value(&[]);
         if !loss.is_finite() {
             bail!(non_finite(state.step + 1, "loss", loss, &opts.out));
         }
-        zero_grad(&params);
-        terms.loss.backward();
+        if !t.grad_checkpointing {
+            terms.loss.backward();
+        }
         let norm = clip_grad_norm(&params, t.grad_clip);
         if !norm.is_finite() {
             bail!(non_finite(state.step + 1, "gradient norm", norm, &opts.out));
@@ -136,6 +173,21 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         best_val: state.best_val,
         interrupted,
     })
+}
+
+/// A process killed while writing a checkpoint leaves its hidden temporary file
+/// (`.NAME.tmp-PID`, see checkpoint::write_atomic); the next run in the directory
+/// removes them. Nothing else writes into a run directory while it trains.
+fn remove_stale_temporaries(out: &Path) {
+    let Ok(entries) = std::fs::read_dir(out) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        if name.starts_with('.') && name.contains(".tmp-") {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 fn non_finite(step: u64, what: &str, value: f64, out: &Path) -> String {

@@ -23,6 +23,11 @@ impl NoiseSource for FixedNoise {
     fn mask(&mut self, _shape: &[i64], _p: f64) -> Tensor {
         panic!("the fixtures use p_update = 1: no mask expected")
     }
+    fn uniform(&mut self, shape: &[i64]) -> Tensor {
+        let t = self.0.pop_front().expect("fixture noise exhausted");
+        assert_eq!(t.size(), shape, "fixture noise shape");
+        t
+    }
 }
 
 /// max |a - b| / (|b| + atol_scale): relative error with a floor for values near 0.
