@@ -39,6 +39,8 @@ pub enum Command {
     Train(TrainArgs),
     /// IWAE-K negative log-likelihood of a trained model on a data split.
     Eval(EvalArgs),
+    /// Log-likelihood before damage, right after, and after recovery steps (mean ± s.e.).
+    DamageEval(DamageEvalArgs),
     /// Write a PNG grid of samples from the prior.
     Sample(SampleArgs),
     /// Write every figure (samples, reconstructions, growth and recovery GIFs, interpolations).
@@ -180,6 +182,33 @@ pub struct EvalArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct DamageEvalArgs {
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    #[command(flatten)]
+    pub arch: ArchArgs,
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, default_value = "test")]
+    pub split: String,
+    /// Images evaluated (the first N of the split).
+    #[arg(long, default_value_t = 256)]
+    pub n: usize,
+    /// Side of the erased square (default: half the image side: 14 for MNIST 28x28).
+    #[arg(long)]
+    pub damage_size: Option<i64>,
+    /// Recovery step counts at which to score, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,8,16,32,64")]
+    pub steps: Vec<usize>,
+    #[arg(long, default_value_t = 32)]
+    pub batch: i64,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct SampleArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
@@ -240,6 +269,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Train(a) => cmd_train(a, device, threads),
         Command::Eval(a) => cmd_eval(a, device),
         Command::Sample(a) => cmd_sample(a, device),
+        Command::DamageEval(a) => cmd_damage_eval(a, device),
         Command::Figures(a) => cmd_figures(a, device),
         Command::Info(a) => cmd_info(a),
         Command::Data(d) => cmd_data(d),
@@ -344,6 +374,28 @@ fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
         );
         println!("bits/dim     {:.5} (over {} pixels)", r.bpd, r.bpd_dims);
         println!("time         {:.1} s", r.seconds);
+    }
+    Ok(())
+}
+
+fn cmd_damage_eval(a: DamageEvalArgs, device: tch::Device) -> anyhow::Result<()> {
+    let (model, mut cfg) = load_model(&a.checkpoint, a.arch.explicit()?, device)?;
+    if let Some(d) = a.data {
+        cfg.data.path = d;
+    }
+    let split = dataset::load_split(&cfg, &a.split)?;
+    let side = a.damage_size.unwrap_or(cfg.model.image_size / 2);
+    anyhow::ensure!(
+        side >= 1 && side <= cfg.model.image_size,
+        "--damage-size {side} must be in 1..={}",
+        cfg.model.image_size
+    );
+    let mut noise = Noise::new(a.seed);
+    let r = crate::damage_eval::damage_eval(&model, &split, a.n, side, &a.steps, a.batch, &mut noise);
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", crate::damage_eval::table(&r));
     }
     Ok(())
 }

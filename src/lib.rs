@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod damage_eval;
 pub mod data;
 pub mod dataset;
 pub mod device;

@@ -345,6 +345,37 @@ fn sim_grows_on_schedule_and_the_brush_zeroes_only_its_cells() {
     assert_eq!(sim.erase(5, 16.0, 16.0, 3.0), 0, "no such sample");
 }
 
+#[test]
+fn sim_runs_the_non_doubling_decoder_on_the_full_grid() {
+    let mut cfg = Config::preset("mnist-nondoubling-damage-small").unwrap();
+    let m = &mut cfg.model;
+    (m.z_dim, m.hidden, m.encoder_width, m.min_steps, m.max_steps) = (8, 16, 4, 3, 5);
+    let model = Vnca::new(&cfg.model, Device::Cpu, 0);
+    let snap = ModelSnapshot::from_model("nd", &model, &cfg);
+    let info = snap.info();
+    assert_eq!(
+        (info.decoder, info.growth_steps, info.image_size),
+        ("non-doubling", 5, 28)
+    );
+    let mut sim = Sim::new(snap.instantiate(Device::Cpu).unwrap(), 3, 0);
+    for _ in 0..4 {
+        assert!((3..=5).contains(&sim.growth_len()));
+        let f = sim.frame(true);
+        assert_eq!(
+            (f.header.grid, f.header.size, f.pixels.len()),
+            (28, 28, 3 * 28 * 28)
+        );
+        let mut n = 0;
+        while sim.growing() {
+            assert!(sim.advance());
+            n += 1;
+        }
+        assert_eq!(n, sim.growth_len());
+        assert_eq!(sim.erase(0, 14.0, 14.0, 2.0), 12);
+        sim.restart();
+    }
+}
+
 // ---- the server ------------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -376,6 +407,7 @@ async fn frames_arrive_in_order_through_growth_and_after() {
     assert_eq!(hello["version"], 1);
     assert_eq!(hello["models"][0]["name"], "m");
     assert_eq!(hello["models"][0]["growth_steps"], 14);
+    assert_eq!(hello["models"][0]["decoder"], "doubling");
     assert_eq!(hello["limits"]["max_message_bytes"], MAX_MESSAGE_BYTES);
     assert_eq!(hello["limits"]["max_batch"], 16);
     let status = text_of(&mut ws, "status").await;

@@ -73,10 +73,11 @@ try {
   check((await page.textContent("#play")).trim() === "Play", "pause: the button turns into Play");
   // Reproducibly: regrow, then step by hand (the Step button, then the `s` key) to one
   // step past the growth.
-  const target = (await page.evaluate(() => window.vnca.models[window.vnca.status.model].growth_steps)) + 1;
   const gen0 = await page.evaluate(() => window.vnca.header.generation);
   await page.click("#restart");
-  await page.waitForFunction((g) => window.vnca.header.generation > g && window.vnca.header.step === 0, gen0, { timeout: 10000 });
+  await page.waitForFunction((g) => window.vnca.header.generation > g && window.vnca.header.step === 0
+    && window.vnca.status.generation === window.vnca.header.generation, gen0, { timeout: 10000 });
+  const target = (await page.evaluate(() => window.vnca.status.growth_steps)) + 1;
   await page.click("#stepbtn");
   await page.waitForFunction(() => window.vnca.header.step === 1, null, { timeout: 10000 });
   await page.locator("body").focus();
