@@ -28,6 +28,7 @@ test: lint
 # tools/make_fixtures.py changes).
 fixtures: setup
 	.venv/bin/python tools/make_fixtures.py tests/fixtures
+	.venv/bin/python tools/make_dml_fixtures.py tests/fixtures
 
 bench: build
 	./target/release/vnca bench $(ARGS)

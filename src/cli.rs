@@ -391,7 +391,8 @@ fn cmd_damage_eval(a: DamageEvalArgs, device: tch::Device) -> anyhow::Result<()>
         cfg.model.image_size
     );
     let mut noise = Noise::new(a.seed);
-    let r = crate::damage_eval::damage_eval(&model, &split, a.n, side, &a.steps, a.batch, &mut noise);
+    let r =
+        crate::damage_eval::damage_eval(&model, &split, a.n, side, &a.steps, a.batch, &mut noise);
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

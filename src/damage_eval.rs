@@ -56,11 +56,16 @@ pub fn damage_eval(
             let z = model.encode(&x).mu;
             let mut state = model.decode(&z, noise);
             let mut push = |k: usize, s: &Tensor| {
-                let lp = model.log_likelihood(s, &x).to_kind(Kind::Double).to_device(tch::Device::Cpu);
+                let lp = model
+                    .log_likelihood(s, &x)
+                    .to_kind(Kind::Double)
+                    .to_device(tch::Device::Cpu);
                 scores[k].extend(Vec::<f64>::try_from(lp).expect("f64 scores"));
             };
             push(0, &state);
-            let damaged: Vec<Tensor> = (0..len).map(|i| damage_random(&state.get(i), damage_size, noise)).collect();
+            let damaged: Vec<Tensor> = (0..len)
+                .map(|i| damage_random(&state.get(i), damage_size, noise))
+                .collect();
             state = Tensor::stack(&damaged, 0);
             push(1, &state);
             let mut done = 0;
@@ -84,7 +89,10 @@ pub fn damage_eval(
             stderr: r.nll_stderr,
         }
     };
-    let mut stages = vec![stage("grown", 0, &scores[0]), stage("damaged", 0, &scores[1])];
+    let mut stages = vec![
+        stage("grown", 0, &scores[0]),
+        stage("damaged", 0, &scores[1]),
+    ];
     for (k, &s) in steps.iter().enumerate() {
         stages.push(stage("recovered", s, &scores[2 + k]));
     }
@@ -134,10 +142,28 @@ mod tests {
         let split = Split::from_image_set("test", &set);
         let r = damage_eval(&model, &split, 5, 14, &[3, 1], 2, &mut Noise::new(0));
         assert_eq!(r.n_images, 5);
-        let names: Vec<_> = r.stages.iter().map(|s| (s.stage.as_str(), s.steps_after_damage)).collect();
-        assert_eq!(names, [("grown", 0), ("damaged", 0), ("recovered", 1), ("recovered", 3)]);
-        assert!((r.stages[2].log_px_nats - r.stages[1].log_px_nats).abs() < 1e-4, "identity NCA does not change");
-        assert!(r.stages.iter().all(|s| s.log_px_nats < 0.0 && s.stderr >= 0.0));
+        let names: Vec<_> = r
+            .stages
+            .iter()
+            .map(|s| (s.stage.as_str(), s.steps_after_damage))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("grown", 0),
+                ("damaged", 0),
+                ("recovered", 1),
+                ("recovered", 3)
+            ]
+        );
+        assert!(
+            (r.stages[2].log_px_nats - r.stages[1].log_px_nats).abs() < 1e-4,
+            "identity NCA does not change"
+        );
+        assert!(r
+            .stages
+            .iter()
+            .all(|s| s.log_px_nats < 0.0 && s.stderr >= 0.0));
         assert!(table(&r).contains("| recovered | 3 |"));
     }
 }

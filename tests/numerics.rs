@@ -257,3 +257,56 @@ fn recomputation_reuses_the_update_masks() {
         assert!(e < 1e-4, "{name}: recomputed gradient rel err {e}");
     }
 }
+
+/// The non-doubling model against PyTorch: 28x28 input (encoder padding 4), z in every
+/// cell of the 28x28 grid, the simple update net, 3 steps; outputs and gradients.
+#[test]
+fn nondoubling_model_matches_pytorch() {
+    let mut cfg = Config::preset("mnist-nondoubling-damage-small").unwrap();
+    cfg.model.z_dim = 8;
+    cfg.model.hidden = 16;
+    cfg.model.encoder_width = 4;
+    cfg.model.min_steps = 3;
+    cfg.model.max_steps = 3;
+    cfg.model.p_update = 1.0;
+    let model = Vnca::new(&cfg.model, Device::Cpu, 0);
+    Loaded::read(&fixture("nondoubling_weights.safetensors"))
+        .unwrap()
+        .load_model(&model, "")
+        .unwrap();
+    let io = Loaded::read(&fixture("nondoubling_io.safetensors")).unwrap();
+    let x = get(&io, "input.x", &[3, 1, 28, 28]);
+    let eps = get(&io, "input.eps", &[3, 1, 8]);
+    let q = model.encode(&x);
+    assert!(rel_err(&q.mu, &get(&io, "expected.mu", &[3, 8])) < TOL);
+    assert!(rel_err(&q.log_sigma, &get(&io, "expected.log_sigma", &[3, 8])) < TOL);
+    // The step count is drawn from the noise (one uniform); with min = max it is 3.
+    let mut noise = vnca::noise::Noise::new(0);
+    let state = model.decode(&q.sample_with(&eps).squeeze_dim(1), &mut noise);
+    let e = rel_err(&state, &get(&io, "expected.state", &[3, 8, 28, 28]));
+    assert!(e < TOL, "final state rel err {e}");
+    let mut fixed = FixedUniform(FixedNoise([eps].into()));
+    let terms = elbo(&model, &x, 1.0, &mut fixed);
+    let e = rel_err(&terms.loss, &get(&io, "expected.loss", &[]));
+    assert!(e < TOL, "loss rel err {e}");
+    terms.loss.backward();
+    for (name, p) in model.params() {
+        let e = rel_err(&p.grad(), &get(&io, &format!("grad.{name}"), &p.size()));
+        assert!(e < 1e-3, "d loss / d {name}: rel err {e}");
+    }
+}
+
+/// Fixed normals, and uniforms of 0.5 for the step-count draw.
+struct FixedUniform(FixedNoise);
+
+impl vnca::noise::NoiseSource for FixedUniform {
+    fn normal(&mut self, shape: &[i64]) -> Tensor {
+        self.0.normal(shape)
+    }
+    fn mask(&mut self, shape: &[i64], p: f64) -> Tensor {
+        self.0.mask(shape, p)
+    }
+    fn uniform(&mut self, shape: &[i64]) -> Tensor {
+        Tensor::full(shape, 0.5, (Kind::Float, Device::Cpu))
+    }
+}

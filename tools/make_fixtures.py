@@ -16,6 +16,11 @@ Outputs (safetensors, float32):
     expected.iwae [3] (K=5), grad.<param> (d loss / d param)
 Expected values are computed in float64 from the float32-rounded weights and inputs.
 
+  nondoubling_weights.safetensors, nondoubling_io.safetensors: the same for a tiny
+    non-doubling model (PAPER.md 3.4, 4.6): 28x28 input with the encoder's first
+    padding 4, z in every cell of the 28x28 grid, the "simple" update net
+    (3x3 conv, ELU, 1x1 conv without bias), T = 3 steps, p_update = 1.
+
 Usage: .venv/bin/python tools/make_fixtures.py tests/fixtures
 """
 import math
@@ -62,6 +67,42 @@ class DoublingNCA(nn.Module):
         return state
 
 
+class GridNCA(nn.Module):
+    """z in every cell of the 28x28 grid; T steps of the simple update net."""
+
+    def __init__(self, steps):
+        super().__init__()
+        self.update_net = nn.Sequential(nn.Conv2d(Z, HID, 3, padding=1), nn.ELU(), nn.Conv2d(HID, Z, 1, bias=False))
+        self.steps = steps
+
+    def forward(self, z):
+        state = z[:, :, None, None].expand(-1, -1, 28, 28)
+        for _ in range(self.steps):
+            state = state + self.update_net(state)
+        return state
+
+
+class NonDoublingVNCA(nn.Module):
+    def __init__(self, steps=3):
+        super().__init__()
+        layers, c_in = [], 1
+        for i in range(5):
+            c_out = ENC_W * 2**i
+            pad = 4 if i == 0 else 2  # 28 -> 32 in the first convolution, as the reference
+            layers += [nn.Conv2d(c_in, c_out, 5, stride=1 if i == 0 else 2, padding=pad), nn.ELU()]
+            c_in = c_out
+        layers += [nn.Flatten(), nn.Linear(c_in * 2 * 2, 2 * Z)]
+        self.encoder = nn.Sequential(*layers)
+        self.nca = GridNCA(steps)
+
+    def encode(self, x):
+        q = self.encoder(x)
+        return q[:, :Z], q[:, Z:]
+
+    def log_px_z(self, state, x):
+        return Bernoulli(logits=state[:, :1]).log_prob(x).sum(dim=(1, 2, 3))
+
+
 class VNCA(nn.Module):
     def __init__(self):
         super().__init__()
@@ -82,8 +123,34 @@ class VNCA(nn.Module):
         return Bernoulli(logits=state[:, :1]).log_prob(x).sum(dim=(1, 2, 3))
 
 
+def nondoubling(out_dir):
+    torch.manual_seed(4321)
+    model = NonDoublingVNCA()
+    with torch.no_grad():
+        model.nca.update_net[-1].weight.normal_(0, 0.05)
+    weights = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, os.path.join(out_dir, "nondoubling_weights.safetensors"))
+    model = model.double()
+    x = (torch.rand(B, 1, 28, 28) < 0.3).double()
+    eps = torch.randn(B, 1, Z).float().double()
+    mu, log_sigma = model.encode(x)
+    q = Normal(mu, log_sigma.exp())
+    state = model.nca(mu + log_sigma.exp() * eps[:, 0])
+    log_px_z = model.log_px_z(state, x)
+    kl = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(dim=1)
+    loss = (-log_px_z + kl).mean()
+    loss.backward()
+    io = {"input.x": x, "input.eps": eps, "expected.mu": mu, "expected.log_sigma": log_sigma,
+          "expected.state": state, "expected.loss": loss}
+    io = {k: v.detach().float().contiguous() for k, v in io.items()}
+    io.update({f"grad.{n}": p.grad.detach().float() for n, p in model.named_parameters()})
+    save_file(io, os.path.join(out_dir, "nondoubling_io.safetensors"))
+    print(f"non-doubling loss {loss.item():.6f}")
+
+
 def main(out_dir):
     os.makedirs(out_dir, exist_ok=True)
+    nondoubling(out_dir)
     torch.manual_seed(1234)
     model = VNCA()
     with torch.no_grad():
