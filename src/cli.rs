@@ -210,7 +210,8 @@ pub struct DamageEvalArgs {
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    #[arg(long)]
+    /// Default: the shipped models/mnist-doubling-small.safetensors.
+    #[arg(long, default_value_os_t = crate::serve::default_checkpoint())]
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub arch: ArchArgs,
@@ -225,7 +226,8 @@ pub struct SampleArgs {
 
 #[derive(Args, Debug)]
 pub struct FiguresArgs {
-    #[arg(long)]
+    /// Default: the shipped models/mnist-doubling-small.safetensors.
+    #[arg(long, default_value_os_t = crate::serve::default_checkpoint())]
     pub checkpoint: PathBuf,
     #[command(flatten)]
     pub arch: ArchArgs,
