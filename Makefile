@@ -1,7 +1,7 @@
 # The README's commands. `make train` and `make test` work on a fresh machine with only
 # a Rust toolchain and Python 3 installed: `setup` fetches the pinned PyTorch wheel
 # (which carries libtorch) into .venv, and the build links against it.
-.PHONY: setup build train test lint bench fixtures clean-runs
+.PHONY: setup build train test lint bench fixtures browser-test
 
 ARGS ?=
 
@@ -23,6 +23,11 @@ lint: setup
 # checkpoints, CLI end to end).
 test: lint
 	cargo test --release
+
+# The web UI in headless Chromium (installs Debian's chromium and playwright-core if
+# missing): grow, erase, watch the shipped model's digits heal. CI runs it after `test`.
+browser-test: build
+	tests/browser/run.sh target/release/vnca models/mnist-doubling-small.safetensors --expect-recovery
 
 # Regenerate the PyTorch fixtures under tests/fixtures (committed; only needed when
 # tools/make_fixtures.py changes).

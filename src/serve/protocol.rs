@@ -77,6 +77,32 @@ fn err<T>(msg: impl Into<String>) -> Result<T, ProtocolError> {
     Err(ProtocolError(msg.into()))
 }
 
+/// A client-chosen name as shown in an error: at most 40 characters, control characters
+/// and line separators replaced, so the error stays one short line.
+fn shown_name(s: &str) -> String {
+    s.chars()
+        .take(40)
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                char::REPLACEMENT_CHARACTER
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
+/// A client-sent number as shown in an error: as written when short, else in exponent
+/// form (`{}` writes 1e308 with 309 digits).
+fn shown_number(x: f64) -> String {
+    let s = x.to_string();
+    if s.len() <= 24 {
+        s
+    } else {
+        format!("{x:e}")
+    }
+}
+
 /// Checks that `obj` has exactly the fields `allowed` (plus `type`).
 fn only_fields(
     obj: &Map<String, Value>,
@@ -85,7 +111,7 @@ fn only_fields(
 ) -> Result<(), ProtocolError> {
     for k in obj.keys() {
         if k != "type" && !allowed.contains(&k.as_str()) {
-            let shown: String = k.chars().take(40).collect();
+            let shown = shown_name(k);
             return err(format!("unknown field `{shown}` in a `{kind}` message"));
         }
     }
@@ -107,7 +133,8 @@ fn in_range(x: f64, lo: f64, hi: f64, kind: &str, field: &str) -> Result<f64, Pr
         Ok(x)
     } else {
         err(format!(
-            "`{field}` of `{kind}` must be in [{lo}, {hi}], got {x}"
+            "`{field}` of `{kind}` must be in [{lo}, {hi}], got {}",
+            shown_number(x)
         ))
     }
 }
@@ -169,7 +196,8 @@ pub fn parse_client_message(text: &str) -> Result<ClientMsg, ProtocolError> {
             let radius = number(&obj, kind, "radius")?;
             if !(radius > 0.0 && radius <= MAX_RADIUS) {
                 return err(format!(
-                    "`radius` of `erase` must be in (0, {MAX_RADIUS}], got {radius}"
+                    "`radius` of `erase` must be in (0, {MAX_RADIUS}], got {}",
+                    shown_number(radius)
                 ));
             }
             ClientMsg::Erase {
@@ -206,7 +234,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMsg, ProtocolError> {
             ClientMsg::Batch(usize::try_from(n).unwrap_or(usize::MAX))
         }
         other => {
-            let shown: String = other.chars().take(40).collect();
+            let shown = shown_name(other);
             return err(format!(
                 "unknown message type `{shown}` (play, pause, step, speed, erase, new_latents, interpolate, restart, model, batch)"
             ));
