@@ -119,8 +119,9 @@ fn sync(device: Device) {
     }
 }
 
-/// The work of one child process: `train` (full training steps) or `iwae` (IWAE-K of
-/// single images, as the reference's test loop). Prints nothing; returns timings.
+/// The work of one child process: `train` (full training steps) or `iwae` (IWAE-K, ours
+/// with up to 4 images per decode as `vnca eval`; the mirror one image at a time as the
+/// reference's test loop). Prints nothing; returns timings.
 pub fn worker(what: &str, o: &BenchOptions) -> anyhow::Result<WorkerResult> {
     let cfg = Config::preset(&o.preset)?;
     let model = Vnca::new(&cfg.model, o.device, 0);
@@ -155,17 +156,17 @@ pub fn worker(what: &str, o: &BenchOptions) -> anyhow::Result<WorkerResult> {
         }
         "iwae" => {
             let xs = random_images(o.iwae_images as i64, size, o.device);
+            // As `vnca eval` runs by default: up to 4 images (4 x K seeds) per decode.
+            let per = (o.iwae_images as i64).clamp(1, 4);
             tch::no_grad(|| {
                 for i in 0..o.warmup + o.repeats {
                     let t0 = Instant::now();
-                    for j in 0..o.iwae_images as i64 {
-                        let _ = iwae(
-                            &model,
-                            &xs.narrow(0, j, 1),
-                            o.iw_samples,
-                            o.iw_samples,
-                            &mut noise,
-                        );
+                    let mut j = 0;
+                    while j < o.iwae_images as i64 {
+                        let len = per.min(o.iwae_images as i64 - j);
+                        let x = xs.narrow(0, j, len);
+                        let _ = iwae(&model, &x, o.iw_samples, len * o.iw_samples, &mut noise);
+                        j += len;
                     }
                     sync(o.device);
                     if i >= o.warmup {
@@ -221,6 +222,9 @@ fn ours(what: &str, o: &BenchOptions, dev: &str) -> anyhow::Result<WorkerResult>
         "--iw-samples",
         &o.iw_samples.to_string(),
     ]);
+    if o.grad_checkpointing {
+        cmd.arg("--grad-checkpointing");
+    }
     run_child(cmd, &format!("our {what}"))
 }
 
