@@ -241,6 +241,12 @@ pub struct FiguresArgs {
     /// Test images in the t-SNE figure (0 skips it).
     #[arg(long, default_value_t = 5000)]
     pub tsne_points: usize,
+    /// Side of the square erased in the recovery figures (default: half the image side).
+    #[arg(long)]
+    pub damage_size: Option<i64>,
+    /// NCA steps shown after the damage.
+    #[arg(long, default_value_t = 24)]
+    pub recovery_steps: usize,
 }
 
 #[derive(Subcommand, Debug)]
@@ -422,6 +428,8 @@ fn cmd_figures(a: FiguresArgs, device: tch::Device) -> anyhow::Result<()> {
     let opts = crate::figures::report::FigureOptions {
         seed: a.seed,
         tsne_points: a.tsne_points,
+        damage_size: a.damage_size,
+        recovery_steps: a.recovery_steps,
         metrics: Some(a.checkpoint.with_file_name("metrics.jsonl")),
         ..Default::default()
     };

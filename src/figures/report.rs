@@ -20,6 +20,8 @@ pub struct FigureOptions {
     pub digit_pairs: Vec<(u8, u8)>,
     /// NCA steps after the damage.
     pub recovery_steps: usize,
+    /// Side of the erased square (None: half the image side, the paper's damage).
+    pub damage_size: Option<i64>,
     /// Test images in the t-SNE of posterior means (0: no t-SNE).
     pub tsne_points: usize,
     /// The run's metrics file, for the training curves (None: no curves).
@@ -32,6 +34,7 @@ impl Default for FigureOptions {
             seed: 0,
             digit_pairs: vec![(2, 7), (5, 3), (4, 8)],
             recovery_steps: 24,
+            damage_size: None,
             tsne_points: 5000,
             metrics: None,
         }
@@ -76,7 +79,7 @@ pub fn write_all(
         write_gif(&put("growth.gif"), &sixteen, 4, 4, 120)?;
 
         // Damage: erase a square of half the side at a random place, let the cells recover.
-        let side = size / 2;
+        let side = o.damage_size.unwrap_or(size / 2).clamp(1, size);
         let top = (noise.normal(&[1]).double_value(&[0]).abs() * 1e6) as i64 % (size - side + 1);
         let left = (noise.normal(&[1]).double_value(&[0]).abs() * 1e6) as i64 % (size - side + 1);
         let rec = recovery_frames(
