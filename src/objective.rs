@@ -1,5 +1,6 @@
 //! Training and evaluation objectives (PAPER.md 5.1-5.2), in nats per image.
 use crate::likelihood::gaussian;
+use crate::model::vnca::Posterior;
 use crate::model::Vnca;
 use crate::noise::NoiseSource;
 use tch::{Kind, Tensor};
@@ -14,16 +15,26 @@ pub struct Elbo {
     pub kl: Tensor,
 }
 
+/// q(z|x) of a batch and one reparameterised sample z = mu + sigma * eps per image:
+/// x [B, C, S, S] -> (q, z [B, Z]). The noise is drawn on the CPU, as every draw.
+pub fn encode_and_sample(
+    model: &Vnca,
+    x: &Tensor,
+    noise: &mut dyn NoiseSource,
+) -> (Posterior, Tensor) {
+    let q = model.encode(x);
+    let eps = noise
+        .normal(&[x.size()[0], 1, model.cfg.z_dim])
+        .to_device(x.device())
+        .to_kind(x.kind());
+    let z = q.sample_with(&eps).squeeze_dim(1);
+    (q, z)
+}
+
 /// Single-sample ELBO with the analytic KL, as the reference trains.
 /// x: [B, 1, S, S] in {0,1}.
 pub fn elbo(model: &Vnca, x: &Tensor, beta: f64, noise: &mut dyn NoiseSource) -> Elbo {
-    let q = model.encode(x);
-    let b = x.size()[0];
-    let eps = noise
-        .normal(&[b, 1, model.cfg.z_dim])
-        .to_device(x.device())
-        .to_kind(x.kind());
-    let z = q.sample_with(&eps).squeeze_dim(1); // [B, Z]
+    let (q, z) = encode_and_sample(model, x, noise); // z: [B, Z]
     let state = model.decode(&z, noise); // [B, Z, S, S]
     let recon = -model.log_likelihood(&state, x); // [B]
     let kl = gaussian::kl_std(&q.mu, &q.log_sigma); // [B]
@@ -40,13 +51,7 @@ pub fn elbo_backward_recompute(
     beta: f64,
     noise: &mut dyn NoiseSource,
 ) -> Elbo {
-    let q = model.encode(x);
-    let b = x.size()[0];
-    let eps = noise
-        .normal(&[b, 1, model.cfg.z_dim])
-        .to_device(x.device())
-        .to_kind(x.kind());
-    let z = q.sample_with(&eps).squeeze_dim(1); // [B, Z]
+    let (q, z) = encode_and_sample(model, x, noise); // z: [B, Z]
     let mut recon = Tensor::new();
     let (_, surrogate) = model.nca.grow_recompute(&z, noise, &mut |state| {
         recon = -model.log_likelihood(state, x); // [B]

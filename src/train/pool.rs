@@ -20,7 +20,7 @@ use crate::config::PoolKl;
 use crate::likelihood::gaussian;
 use crate::model::Vnca;
 use crate::noise::NoiseSource;
-use crate::objective::Elbo;
+use crate::objective::{encode_and_sample, Elbo};
 use tch::{Kind, Tensor};
 
 pub struct Pool {
@@ -91,12 +91,7 @@ impl Pool {
             x = Tensor::cat(&[x.narrow(0, 0, b - n_pool), Tensor::stack(&imgs, 0)], 0);
             pool_states = Some(Tensor::stack(&states, 0)); // [B/2, Z, S, S]
         }
-        let q = model.encode(&x);
-        let eps = noise
-            .normal(&[b, 1, model.cfg.z_dim])
-            .to_device(x.device())
-            .to_kind(x.kind());
-        let z = q.sample_with(&eps).squeeze_dim(1); // [B, Z]
+        let (q, z) = encode_and_sample(model, &x, noise); // z: [B, Z]
         let mut seeds = model.nca.seed(&z); // [B, Z, S, S]
         if let Some(ps) = &pool_states {
             seeds = Tensor::cat(
