@@ -81,7 +81,7 @@ pub fn damage_eval(
     });
     let stage = |name: &str, after: usize, v: &[f64]| {
         // summarize() reports the mean NLL; here the scores are log-likelihoods.
-        let r = summarize(v, 1, "", 0.0);
+        let r = summarize(v, 1, "", 0.0, 1);
         Stage {
             stage: name.to_string(),
             steps_after_damage: after,
