@@ -80,8 +80,10 @@ pub fn write_all(
 
         // Damage: erase a square of half the side at a random place, let the cells recover.
         let side = o.damage_size.unwrap_or(size / 2).clamp(1, size);
-        let top = (noise.normal(&[1]).double_value(&[0]).abs() * 1e6) as i64 % (size - side + 1);
-        let left = (noise.normal(&[1]).double_value(&[0]).abs() * 1e6) as i64 % (size - side + 1);
+        let u = noise.uniform(&[2]);
+        let place =
+            |i: i64| ((u.double_value(&[i]) * (size - side + 1) as f64) as i64).min(size - side);
+        let (top, left) = (place(0), place(1));
         let rec = recovery_frames(
             model,
             &last.narrow(0, 0, 8),
