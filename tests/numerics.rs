@@ -197,15 +197,16 @@ fn paper_preset_has_the_reference_parameter_count() {
     assert!(w.abs().max().double_value(&[]) > 0.19);
 }
 
-/// Gradient checkpointing (recompute every step in the backward pass) gives the same
-/// loss and gradients as keeping the graph, including through the doublings and the seed.
-#[test]
-fn recomputation_gives_the_same_gradients() {
-    let (model, io) = tiny_model();
-    let x = get(&io, "input.x", &[3, 1, 32, 32]);
-    let eps = get(&io, "input.eps", &[3, 1, 8]);
-    let mut noise = FixedNoise([eps.shallow_clone()].into());
-    let plain = elbo(&model, &x, 2.0, &mut noise);
+/// Runs the plain ELBO backward and the recomputing one on the same inputs and noise
+/// (`noise()` makes a fresh, identical stream each time) and asserts equal losses and
+/// equal gradients of every parameter.
+fn assert_recompute_matches(
+    model: &Vnca,
+    x: &Tensor,
+    beta: f64,
+    noise: &dyn Fn() -> Box<dyn vnca::noise::NoiseSource>,
+) {
+    let plain = elbo(model, x, beta, noise().as_mut());
     plain.loss.backward();
     let grads: Vec<(String, Tensor)> = model
         .params()
@@ -215,13 +216,24 @@ fn recomputation_gives_the_same_gradients() {
     for (_, p) in model.params() {
         let _ = p.grad().zero_();
     }
-    let mut noise = FixedNoise([eps].into());
-    let re = vnca::objective::elbo_backward_recompute(&model, &x, 2.0, &mut noise);
+    let re = vnca::objective::elbo_backward_recompute(model, x, beta, noise().as_mut());
     assert!(rel_err(&re.loss, &plain.loss) < 1e-6);
     for (name, g) in grads {
         let e = rel_err(&model.params()[&name].grad(), &g);
         assert!(e < 1e-4, "{name}: recomputed gradient rel err {e}");
     }
+}
+
+/// Gradient checkpointing (recompute every step in the backward pass) gives the same
+/// loss and gradients as keeping the graph, including through the doublings and the seed.
+#[test]
+fn recomputation_gives_the_same_gradients() {
+    let (model, io) = tiny_model();
+    let x = get(&io, "input.x", &[3, 1, 32, 32]);
+    let eps = get(&io, "input.eps", &[3, 1, 8]);
+    assert_recompute_matches(&model, &x, 2.0, &|| {
+        Box::new(FixedNoise([eps.shallow_clone()].into()))
+    });
 }
 
 /// The same with stochastic updates (p_update = 0.5): the recomputation reuses each
@@ -239,23 +251,7 @@ fn recomputation_reuses_the_update_masks() {
     let x = Tensor::rand([2, 1, 32, 32], (Kind::Float, Device::Cpu))
         .lt(0.3)
         .to_kind(Kind::Float);
-    let plain = elbo(&model, &x, 1.0, &mut vnca::noise::Noise::new(5));
-    plain.loss.backward();
-    let grads: Vec<(String, Tensor)> = model
-        .params()
-        .into_iter()
-        .map(|(n, p)| (n, p.grad().copy()))
-        .collect();
-    for (_, p) in model.params() {
-        let _ = p.grad().zero_();
-    }
-    let re =
-        vnca::objective::elbo_backward_recompute(&model, &x, 1.0, &mut vnca::noise::Noise::new(5));
-    assert!(rel_err(&re.loss, &plain.loss) < 1e-6);
-    for (name, g) in grads {
-        let e = rel_err(&model.params()[&name].grad(), &g);
-        assert!(e < 1e-4, "{name}: recomputed gradient rel err {e}");
-    }
+    assert_recompute_matches(&model, &x, 1.0, &|| Box::new(vnca::noise::Noise::new(5)));
 }
 
 /// The non-doubling model against PyTorch: 28x28 input (encoder padding 4), z in every
