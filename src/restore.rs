@@ -35,7 +35,7 @@ pub fn load_model(
         },
     };
     let model = Vnca::new(&cfg.model, device, 0);
-    ck.load_model(&model, "adam.")
+    ck.load_model(&model)
         .with_context(|| format!("loading weights for preset/config `{}`", cfg.name))?;
     Ok((model, cfg))
 }

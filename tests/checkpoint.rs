@@ -59,7 +59,7 @@ fn save_load_round_trip_is_bit_exact() {
     checkpoint::save(&path, &a, &Default::default(), &meta).unwrap();
     let b = Vnca::new(&cfg.model, Device::Cpu, 2);
     let ck = Loaded::read(&path).unwrap();
-    ck.load_model(&b, "adam.").unwrap();
+    ck.load_model(&b).unwrap();
     assert_eq!(ck.meta.config.as_deref(), Some(cfg.to_toml().as_str()));
     for (name, p) in a.params() {
         assert!(
@@ -92,6 +92,56 @@ fn resume_continues_bit_exactly() {
         a, b,
         "weights after 6 steps differ between straight and resumed runs"
     );
+}
+
+/// A tiny non-doubling model with pool and damage training.
+fn tiny_pool(steps: u64, eval_every: u64) -> Config {
+    let mut cfg = Config::preset("mnist-nondoubling-damage-small").unwrap();
+    cfg.data.path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/binarized_mnist.vbm.gz");
+    (cfg.model.z_dim, cfg.model.hidden, cfg.model.encoder_width) = (8, 8, 2);
+    (cfg.model.min_steps, cfg.model.max_steps) = (2, 4);
+    cfg.train.batch_size = 4;
+    cfg.train.pool.as_mut().unwrap().size = 6;
+    cfg.train.eval_images = 4;
+    cfg.train.eval_iw_samples = 1;
+    cfg.train.steps = steps;
+    cfg.train.eval_every = eval_every;
+    cfg
+}
+
+#[test]
+fn resume_of_a_pool_run_continues_bit_exactly() {
+    // The pool feeds half of every batch from step 2 on and is full from step 3; a resume
+    // at step 3 must restore its images, damaged states and order.
+    let straight = tempfile::tempdir().unwrap();
+    train(&tiny_pool(7, 3), &opts(straight.path(), false)).unwrap();
+    let split = tempfile::tempdir().unwrap();
+    train(&tiny_pool(3, 3), &opts(split.path(), false)).unwrap();
+    let ck = Loaded::read(&split.path().join("latest.safetensors")).unwrap();
+    assert_eq!(ck.shape("pool.states"), Some(vec![6, 8, 28, 28]));
+    assert_eq!(ck.shape("pool.images"), Some(vec![6, 1, 28, 28]));
+    train(&tiny_pool(7, 3), &opts(split.path(), true)).unwrap();
+
+    assert_eq!(train_losses(straight.path()), train_losses(split.path()));
+    assert_eq!(train_losses(split.path()).len(), 7);
+    let model = Vnca::new(&tiny_pool(1, 1).model, Device::Cpu, 0);
+    let a = param_bytes(&straight.path().join("latest.safetensors"), &model);
+    let b = param_bytes(&split.path().join("latest.safetensors"), &model);
+    assert_eq!(a, b, "weights differ between straight and resumed pool runs");
+
+    // Without the pool in the checkpoint, the resumed run starts from an empty pool and
+    // so departs from the straight one at step 4.
+    let mut lean = tiny_pool(3, 3);
+    lean.train.pool.as_mut().unwrap().save = false;
+    let unsaved = tempfile::tempdir().unwrap();
+    train(&lean, &opts(unsaved.path(), false)).unwrap();
+    let ck = Loaded::read(&unsaved.path().join("latest.safetensors")).unwrap();
+    assert_eq!(ck.shape("pool.states"), None);
+    lean.train.steps = 7;
+    train(&lean, &opts(unsaved.path(), true)).unwrap();
+    let losses = train_losses(unsaved.path());
+    assert_eq!(losses[..3], train_losses(straight.path())[..3]);
+    assert_ne!(losses[3], train_losses(straight.path())[3]);
 }
 
 #[test]
@@ -143,7 +193,7 @@ fn bad_checkpoints_give_clear_errors() {
     let model = Vnca::new(&cfg.model, Device::Cpu, 0);
     let err = Loaded::read(&common::fixture("tiny_weights.safetensors"))
         .unwrap()
-        .load_model(&model, "")
+        .load_model(&model)
         .unwrap_err()
         .to_string();
     assert!(

@@ -17,7 +17,7 @@ fn tiny_model() -> (Vnca, Loaded) {
     // The weights file is a bare safetensors state_dict, as a converted reference checkpoint.
     Loaded::read(&fixture("tiny_weights.safetensors"))
         .unwrap()
-        .load_model(&model, "")
+        .load_model(&model)
         .unwrap();
     let io = Loaded::read(&fixture("tiny_io.safetensors")).unwrap();
     (model, io)
@@ -268,7 +268,7 @@ fn nondoubling_model_matches_pytorch() {
     let model = Vnca::new(&cfg.model, Device::Cpu, 0);
     Loaded::read(&fixture("nondoubling_weights.safetensors"))
         .unwrap()
-        .load_model(&model, "")
+        .load_model(&model)
         .unwrap();
     let io = Loaded::read(&fixture("nondoubling_io.safetensors")).unwrap();
     let x = get(&io, "input.x", &[3, 1, 28, 28]);

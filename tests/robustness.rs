@@ -103,7 +103,7 @@ fn check_killed_run(run: &Path, tmp_seen: &mut BTreeSet<String>) -> Option<u64> 
     }
     if let Ok(ck) = Loaded::read(&run.join("best.safetensors")) {
         let model = Vnca::new(&cfg.model, tch::Device::Cpu, 0);
-        ck.load_model(&model, "adam.").unwrap();
+        ck.load_model(&model).unwrap();
     }
     let latest = run.join("latest.safetensors");
     if !latest.exists() {
@@ -112,7 +112,7 @@ fn check_killed_run(run: &Path, tmp_seen: &mut BTreeSet<String>) -> Option<u64> 
     let ck = Loaded::read(&latest)
         .unwrap_or_else(|e| panic!("latest.safetensors unreadable after SIGKILL: {e}"));
     let model = Vnca::new(&cfg.model, tch::Device::Cpu, 0);
-    ck.load_model(&model, "adam.")
+    ck.load_model(&model)
         .unwrap_or_else(|e| panic!("latest.safetensors does not load after SIGKILL: {e}"));
     let n_adam = ck.names().iter().filter(|n| n.starts_with("adam.")).count();
     assert_eq!(n_adam, 2 * model.params().len(), "Adam moments missing");

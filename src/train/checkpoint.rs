@@ -16,6 +16,10 @@ use tch::{Device, Kind, Tensor};
 
 pub const FORMAT: &str = "vnca-checkpoint/1";
 
+/// Tensors of a `latest` checkpoint that are not model parameters: the Adam moments
+/// (`adam.m.<name>`, `adam.v.<name>`) and the damage pool (`pool.images`, `pool.states`).
+pub const TRAINING_STATE_PREFIXES: [&str; 2] = ["adam.", "pool."];
+
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
     #[error("`{path}`: {source}")]
@@ -199,17 +203,21 @@ impl Loaded {
         Ok(Tensor::from_slice(&v).view(expected))
     }
 
-    /// Copy every model parameter from the file into `model`. Tensors whose names start
-    /// with `allowed_extra_prefix` may be present besides; any other stray tensor is an error,
-    /// as it means the file belongs to a different architecture.
-    pub fn load_model(
-        &self,
-        model: &Vnca,
-        allowed_extra_prefix: &str,
-    ) -> Result<(), CheckpointError> {
+    /// The shape of tensor `name`, if the file holds it.
+    pub fn shape(&self, name: &str) -> Option<Vec<i64>> {
+        let st = self.parsed();
+        let view = st.tensor(name).ok()?;
+        Some(view.shape().iter().map(|&d| d as i64).collect())
+    }
+
+    /// Copy every model parameter from the file into `model`. Training state (names
+    /// starting with one of `TRAINING_STATE_PREFIXES`) may be present besides; any other
+    /// stray tensor is an error, as it means the file belongs to a different architecture.
+    pub fn load_model(&self, model: &Vnca) -> Result<(), CheckpointError> {
         let vars = model.vs.variables();
         for name in self.names() {
-            if !vars.contains_key(&name) && !name.starts_with(allowed_extra_prefix) {
+            let training_state = TRAINING_STATE_PREFIXES.iter().any(|p| name.starts_with(p));
+            if !vars.contains_key(&name) && !training_state {
                 return Err(CheckpointError::Unexpected {
                     path: self.path.clone(),
                     name,

@@ -4,10 +4,11 @@
 //! Safety rules: a non-finite loss or gradient norm stops the run before the update is
 //! applied and before anything is written; Ctrl-C finishes the current step, saves
 //! `latest` and exits; `--resume` continues bit-exactly from `latest` (every random
-//! stream is in the checkpoint).
+//! stream, the optimizer and the damage pool are in the checkpoint).
 use super::checkpoint::{self, Loaded, Meta};
 use super::metrics::{MetricsLog, Record};
 use super::optim::{clip_grad_norm, zero_grad, Adam, Params};
+use super::pool::Pool;
 use super::state::TrainState;
 use crate::config::Config;
 use crate::dataset::{self, EpochSampler, Split};
@@ -48,6 +49,9 @@ pub struct TrainSummary {
 const EVAL_SEED: u64 = 0xE7A1;
 const PICTURE_SEED: u64 = 0x51C7;
 const MAX_DECODE: i64 = 512;
+/// Names of the damage pool's tensors in `latest` checkpoints.
+const POOL_IMAGES: &str = "pool.images";
+const POOL_STATES: &str = "pool.states";
 
 pub fn latest_path(out: &Path) -> PathBuf {
     out.join("latest.safetensors")
@@ -81,8 +85,12 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         adam_step: 0,
     };
     let metrics_path = opts.out.join("metrics.jsonl");
+    let mut pool = t
+        .pool
+        .as_ref()
+        .map(|p| Pool::new(p.size, p.damage_size, p.kl));
     if opts.resume {
-        state = resume(&opts.out, &model, &mut adam)?;
+        state = resume(&opts.out, &model, &mut adam, pool.as_mut())?;
         // The saved data order indexes the split it was made for; other data would index
         // out of range (or silently change the run).
         let (saved, now) = (state.sampler.n_items(), train_split.len() as usize);
@@ -104,13 +112,6 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     INTERRUPTED.store(false, Ordering::SeqCst);
 
-    // The pool starts empty, also on resume: it is not saved in checkpoints (1024 final
-    // states are hundreds of MB), so a resumed pool run is not bit-identical to an
-    // uninterrupted one (docs/EXPERIMENTS.md).
-    let mut pool = t
-        .pool
-        .as_ref()
-        .map(|p| super::pool::Pool::new(p.size, p.damage_size, p.kl));
     let bar = progress_bar(t.steps, state.step, opts.quiet);
     let mut last_loss = f64::NAN;
     let mut interrupted = false;
@@ -153,8 +154,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         bar.set_message(format!("loss {loss:.2}"));
         interrupted = INTERRUPTED.load(Ordering::SeqCst);
         if state.step % t.eval_every == 0 || state.step == t.steps || interrupted {
+            let saved_pool = pool.as_ref().filter(|_| t.pool.as_ref().is_some_and(|p| p.save));
             evaluate_and_save(
-                cfg, opts, &model, &adam, &mut state, &val_split, &mut log, &bar,
+                cfg, opts, &model, &adam, saved_pool, &mut state, &val_split, &mut log, &bar,
             )?;
         }
         if interrupted {
@@ -214,7 +216,14 @@ fn progress_bar(total: u64, pos: u64, quiet: bool) -> ProgressBar {
     bar
 }
 
-fn resume(out: &Path, model: &Vnca, adam: &mut Adam) -> anyhow::Result<TrainState> {
+/// Restore model, optimizer, pool (when the checkpoint holds one) and training state
+/// from `out/latest.safetensors`.
+fn resume(
+    out: &Path,
+    model: &Vnca,
+    adam: &mut Adam,
+    pool: Option<&mut Pool>,
+) -> anyhow::Result<TrainState> {
     let path = latest_path(out);
     if !path.exists() {
         bail!(
@@ -223,7 +232,7 @@ fn resume(out: &Path, model: &Vnca, adam: &mut Adam) -> anyhow::Result<TrainStat
         );
     }
     let ck = Loaded::read(&path)?;
-    ck.load_model(model, "adam.")?;
+    ck.load_model(model)?;
     for (name, m) in adam.m.iter_mut() {
         let t = ck.tensor(&format!("adam.m.{name}"), &m.size())?;
         tch::no_grad(|| m.copy_(&t));
@@ -231,6 +240,13 @@ fn resume(out: &Path, model: &Vnca, adam: &mut Adam) -> anyhow::Result<TrainStat
     for (name, v) in adam.v.iter_mut() {
         let t = ck.tensor(&format!("adam.v.{name}"), &v.size())?;
         tch::no_grad(|| v.copy_(&t));
+    }
+    if let (Some(pool), Some(shape)) = (pool, ck.shape(POOL_STATES)) {
+        let n = shape[0];
+        let (c, z, side) = (model.cfg.channels, model.cfg.z_dim, model.cfg.image_size);
+        let images = ck.tensor(POOL_IMAGES, &[n, c, side, side])?;
+        let states = ck.tensor(POOL_STATES, &[n, z, side, side])?;
+        pool.restore(&images, &states, model.device());
     }
     let json =
         ck.meta.state.as_deref().with_context(|| {
@@ -248,6 +264,7 @@ fn evaluate_and_save(
     opts: &TrainOptions,
     model: &Vnca,
     adam: &Adam,
+    pool: Option<&Pool>,
     state: &mut TrainState,
     val: &Split,
     log: &mut MetricsLog,
@@ -286,7 +303,12 @@ fn evaluate_and_save(
         config: Some(cfg.to_toml()),
         state: Some(serde_json::to_string(state)?),
     };
-    checkpoint::save(&latest_path(&opts.out), model, &adam.state_tensors(), &meta)?;
+    let mut extra = adam.state_tensors();
+    if let Some((images, states)) = pool.and_then(Pool::to_tensors) {
+        extra.insert(POOL_IMAGES.into(), images); // [N, C, S, S]
+        extra.insert(POOL_STATES.into(), states); // [N, Z, S, S]
+    }
+    checkpoint::save(&latest_path(&opts.out), model, &extra, &meta)?;
     if improved {
         checkpoint::save(&best_path(&opts.out), model, &Default::default(), &meta)?;
     }
