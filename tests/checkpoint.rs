@@ -127,7 +127,10 @@ fn resume_of_a_pool_run_continues_bit_exactly() {
     let model = Vnca::new(&tiny_pool(1, 1).model, Device::Cpu, 0);
     let a = param_bytes(&straight.path().join("latest.safetensors"), &model);
     let b = param_bytes(&split.path().join("latest.safetensors"), &model);
-    assert_eq!(a, b, "weights differ between straight and resumed pool runs");
+    assert_eq!(
+        a, b,
+        "weights differ between straight and resumed pool runs"
+    );
 
     // Without the pool in the checkpoint, the resumed run starts from an empty pool and
     // so departs from the straight one at step 4.

@@ -137,8 +137,16 @@ impl Pool {
         if self.entries.is_empty() {
             return None;
         }
-        let imgs: Vec<Tensor> = self.entries.iter().map(|(i, _)| i.shallow_clone()).collect();
-        let states: Vec<Tensor> = self.entries.iter().map(|(_, s)| s.shallow_clone()).collect();
+        let imgs: Vec<Tensor> = self
+            .entries
+            .iter()
+            .map(|(i, _)| i.shallow_clone())
+            .collect();
+        let states: Vec<Tensor> = self
+            .entries
+            .iter()
+            .map(|(_, s)| s.shallow_clone())
+            .collect();
         Some((Tensor::stack(&imgs, 0), Tensor::stack(&states, 0)))
     }
 

@@ -154,7 +154,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         bar.set_message(format!("loss {loss:.2}"));
         interrupted = INTERRUPTED.load(Ordering::SeqCst);
         if state.step % t.eval_every == 0 || state.step == t.steps || interrupted {
-            let saved_pool = pool.as_ref().filter(|_| t.pool.as_ref().is_some_and(|p| p.save));
+            let saved_pool = pool
+                .as_ref()
+                .filter(|_| t.pool.as_ref().is_some_and(|p| p.save));
             evaluate_and_save(
                 cfg, opts, &model, &adam, saved_pool, &mut state, &val_split, &mut log, &bar,
             )?;
