@@ -94,6 +94,7 @@ fn kind_of(m: &ClientMsg) -> &'static str {
         ClientMsg::Restart => "restart",
         ClientMsg::Model(_) => "model",
         ClientMsg::Batch(_) => "batch",
+        ClientMsg::Ack => "ack",
     }
 }
 
@@ -166,6 +167,7 @@ const TYPES: &[&str] = &[
     "restart",
     "model",
     "batch",
+    "ack",
 ];
 
 const FIELDS: &[&str] = &[

@@ -14,8 +14,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use vnca::config::Config;
 use vnca::model::Vnca;
 use vnca::serve::protocol::{
-    decode_frame, encode_frame, parse_client_message, ClientMsg, FrameHeader, FLAG_GROWING,
-    MAX_MESSAGE_BYTES,
+    decode_frame, encode_frame, parse_client_message, ClientMsg, FrameHeader, ACK_WINDOW,
+    FLAG_GROWING, MAX_MESSAGE_BYTES,
 };
 use vnca::serve::session::{growth_steps, Sim};
 use vnca::serve::{self, ModelSnapshot, ServeOptions, SessionOptions};
@@ -162,6 +162,7 @@ fn valid_messages_parse() {
         (r#"{"type":"pause"}"#, ClientMsg::Pause),
         (r#"{"type":"step"}"#, ClientMsg::Step),
         (r#"{"type":"restart"}"#, ClientMsg::Restart),
+        (r#"{"type":"ack"}"#, ClientMsg::Ack),
         (
             r#"{"type":"speed","steps_per_second":12.5}"#,
             ClientMsg::Speed(12.5),
@@ -436,6 +437,59 @@ async fn frames_arrive_in_order_through_growth_and_after() {
             assert!(h.generation > generation.unwrap());
             assert!(h.step <= 1 && h.grid == 2, "{h:?}");
             break;
+        }
+    }
+}
+
+/// The next message within `wait`, or None.
+async fn maybe_next(ws: &mut Ws, wait: Duration) -> Option<Got> {
+    tokio::time::timeout(wait, next(ws)).await.ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_acks_is_never_more_than_the_window_ahead() {
+    let addr = start(vec![snapshot("m", 1)], options(4, 2)).await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/ws?ack=1"))
+        .await
+        .unwrap();
+    text_of(&mut ws, "hello").await;
+    text_of(&mut ws, "status").await;
+    // At 60 steps/s the session would send 30 frames in 0.5 s; without acks it stops
+    // after ACK_WINDOW of them.
+    let mut steps = Vec::new();
+    while let Some(g) = maybe_next(&mut ws, Duration::from_millis(1500)).await {
+        match g {
+            Got::Frame(h, _) => steps.push(h.step),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(steps, (0..ACK_WINDOW as u32).collect::<Vec<_>>());
+    // Each ack lets exactly one more frame out, the next step.
+    for want in ACK_WINDOW as u32..ACK_WINDOW as u32 + 3 {
+        send(&mut ws, r#"{"type":"ack"}"#).await;
+        match next(&mut ws).await {
+            Got::Frame(h, _) => assert_eq!(h.step, want),
+            other => panic!("{other:?}"),
+        }
+        assert!(maybe_next(&mut ws, Duration::from_millis(300))
+            .await
+            .is_none());
+    }
+    // Commands still work while the window is full: pause answers with a status.
+    send(&mut ws, r#"{"type":"pause"}"#).await;
+    assert_eq!(text_of(&mut ws, "status").await["playing"], false);
+
+    // A client that did not ask for flow control is not held back, and its acks are
+    // ignored (no error reply, frames keep coming).
+    let mut plain = connect(addr).await;
+    text_of(&mut plain, "hello").await;
+    send(&mut plain, r#"{"type":"ack"}"#).await;
+    let mut frames = 0;
+    while frames < 3 * ACK_WINDOW {
+        match next(&mut plain).await {
+            Got::Frame(..) => frames += 1,
+            Got::Text(v) => assert_eq!(v["type"], "status", "{v}"),
+            Got::Closed(c) => panic!("closed {c:?}"),
         }
     }
 }

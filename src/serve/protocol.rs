@@ -17,6 +17,15 @@
 //! | `{"type":"restart"}` | grow again from the current latents |
 //! | `{"type":"model","index":I}` | switch to loaded model I (new latents) |
 //! | `{"type":"batch","n":N}` | show N samples, 1 <= N <= the server's max batch (new latents) |
+//! | `{"type":"ack"}` | the client has shown a frame; see flow control below |
+//!
+//! Flow control: a client that connects to `/ws?ack=1` promises to send `ack` for every
+//! frame it has shown, and is then never more than [`ACK_WINDOW`] frames ahead of its
+//! acks: the simulation waits for the next `ack` before it runs on. The page does this,
+//! so a slow device or a busy tab sees recent frames, not a backlog. Other clients are
+//! paced by TCP alone (the server's send buffer is small, but the client's receive
+//! buffer may hold hundreds of frames), and their acks are ignored. `ack` does not
+//! count as input for the idle pause.
 //!
 //! # Server -> client
 //! Text messages, JSON with a `type`: `hello` (once, first: the models and the limits),
@@ -66,7 +75,12 @@ pub enum ClientMsg {
     Restart,
     Model(usize),
     Batch(usize),
+    /// One frame shown (flow control).
+    Ack,
 }
+
+/// Frames a client that acks may be ahead of its last `ack`.
+pub const ACK_WINDOW: u64 = 4;
 
 /// Why a message was refused; its text goes back to the client.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
@@ -174,12 +188,13 @@ pub fn parse_client_message(text: &str) -> Result<ClientMsg, ProtocolError> {
         None => return err("a message must have a `type`"),
     };
     let msg = match kind {
-        "play" | "pause" | "step" | "restart" => {
+        "play" | "pause" | "step" | "restart" | "ack" => {
             only_fields(&obj, kind, &[])?;
             match kind {
                 "play" => ClientMsg::Play,
                 "pause" => ClientMsg::Pause,
                 "step" => ClientMsg::Step,
+                "ack" => ClientMsg::Ack,
                 _ => ClientMsg::Restart,
             }
         }
@@ -236,7 +251,7 @@ pub fn parse_client_message(text: &str) -> Result<ClientMsg, ProtocolError> {
         other => {
             let shown = shown_name(other);
             return err(format!(
-                "unknown message type `{shown}` (play, pause, step, speed, erase, new_latents, interpolate, restart, model, batch)"
+                "unknown message type `{shown}` (play, pause, step, speed, erase, new_latents, interpolate, restart, model, batch, ack)"
             ));
         }
     };

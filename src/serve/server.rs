@@ -26,7 +26,13 @@ const COMMAND_QUEUE: usize = 256;
 /// Messages queued from a session to its connection (backpressure: a slow client slows
 /// its own session down instead of growing a buffer).
 const OUTGOING_QUEUE: usize = 4;
-const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// A client that accepts no message for this long is dropped (its session slot frees).
+/// Not shorter: a client that reads, only slowly, takes data in bursts as its kernel
+/// reopens the TCP receive window; behind a client reading 4 KiB a second one write
+/// waited 30-33 s on loopback (tests/serve_load.rs), and 30 s used to drop it.
+const WRITE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+/// Kernel send buffer of each connection (Linux doubles it for bookkeeping); see `serve`.
+const SEND_BUFFER_BYTES: usize = 64 * 1024;
 
 #[derive(Clone, Debug)]
 pub struct ServeOptions {
@@ -74,7 +80,19 @@ pub fn router(models: Vec<ModelSnapshot>, opts: ServeOptions) -> anyhow::Result<
 }
 
 /// Serves `router` on `listener` until the future fails (it does not end by itself).
+///
+/// Every accepted connection gets a small kernel send buffer (`SEND_BUFFER_BYTES`)
+/// instead of Linux's autotuned one (up to 4 MiB): behind a client that reads slower
+/// than the frames come, a 4 MiB buffer holds a thousand small frames, minutes of
+/// stale pictures. With 64 KiB, the session's blocking send slows the simulation to
+/// the client's pace after a few frames, so what the client sees stays recent.
 pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        // Best effort: a socket that refuses the options still works, only less smoothly.
+        let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER_BYTES);
+    });
     axum::serve(listener, router).await
 }
 
@@ -118,6 +136,7 @@ fn origin_allowed(headers: &HeaderMap) -> bool {
 async fn ws_handler(
     State(app): State<Arc<App>>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     ws: WebSocketUpgrade,
 ) -> Response {
     if !origin_allowed(&headers) {
@@ -128,9 +147,13 @@ async fn ws_handler(
             .into_response();
     }
     let permit = app.sessions.clone().try_acquire_owned().ok();
+    // `/ws?ack=1`: the client acks its frames (flow control, protocol.rs).
+    let acks = uri
+        .query()
+        .is_some_and(|q| q.split('&').any(|kv| kv == "ack=1"));
     ws.max_message_size(HARD_MAX_MESSAGE_BYTES)
         .max_frame_size(HARD_MAX_MESSAGE_BYTES)
-        .on_upgrade(move |socket| connection(socket, app, permit))
+        .on_upgrade(move |socket| connection(socket, app, permit, acks))
 }
 
 fn close(code: u16, reason: &str) -> Message {
@@ -151,7 +174,12 @@ fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "unknown panic".into())
 }
 
-async fn connection(socket: WebSocket, app: Arc<App>, permit: Option<OwnedSemaphorePermit>) {
+async fn connection(
+    socket: WebSocket,
+    app: Arc<App>,
+    permit: Option<OwnedSemaphorePermit>,
+    acks: bool,
+) {
     let (mut sink, mut stream) = socket.split();
     let Some(permit) = permit else {
         let max = app.opts.max_sessions;
@@ -173,7 +201,7 @@ async fn connection(socket: WebSocket, app: Arc<App>, permit: Option<OwnedSemaph
             let _permit = permit; // the slot frees when the session ends
             let report = thread_out.clone();
             let run = std::panic::AssertUnwindSafe(|| {
-                session::run(models, opts, cmd_rx, thread_out);
+                session::run(models, opts, acks, cmd_rx, thread_out);
             });
             if let Err(p) = std::panic::catch_unwind(run) {
                 let msg = format!("internal error in the simulation: {}", panic_text(&*p));

@@ -6,8 +6,8 @@
 //! threads; each session builds its own copy of a model from a [`ModelSnapshot`] (plain
 //! CPU floats, shared read-only) the first time it uses that model.
 use super::protocol::{
-    encode_frame, ClientMsg, FrameHeader, LimitsInfo, ModelInfo, ServerMsg, Status, FLAG_GROWING,
-    FLAG_PLAYING, MAX_RADIUS, MAX_SPEED, MIN_SPEED,
+    encode_frame, ClientMsg, FrameHeader, LimitsInfo, ModelInfo, ServerMsg, Status, ACK_WINDOW,
+    FLAG_GROWING, FLAG_PLAYING, MAX_RADIUS, MAX_SPEED, MIN_SPEED,
 };
 use crate::config::{Config, DecoderKind};
 use crate::figures::growth::render_centred;
@@ -370,6 +370,8 @@ struct Runner {
     speed: f64,
     idle: u64,
     notice: Option<String>,
+    /// Frames sent and not yet acked; None for a client that does not ack.
+    unacked: Option<u64>,
 }
 
 impl Runner {
@@ -416,6 +418,8 @@ impl Runner {
     fn apply(&mut self, msg: ClientMsg) -> Result<(bool, bool), String> {
         self.idle = 0;
         match msg {
+            // Flow control is handled by the session loop; an ack changes nothing here.
+            ClientMsg::Ack => return Ok((false, false)),
             ClientMsg::Play => self.playing = true,
             ClientMsg::Pause => self.playing = false,
             ClientMsg::Speed(s) => self.speed = s,
@@ -490,10 +494,12 @@ fn diverged() -> String {
 }
 
 /// A session: hello, then frames at the chosen speed, until the client goes (`commands`
-/// disconnects) or stops reading (`out` closes). Runs on its own thread.
+/// disconnects) or stops reading (`out` closes). Runs on its own thread. `acks`: the
+/// client acks every frame (flow control, see protocol.rs).
 pub fn run(
     models: Arc<Vec<ModelSnapshot>>,
     opts: SessionOptions,
+    acks: bool,
     commands: Receiver<ClientMsg>,
     out: tokio::sync::mpsc::Sender<Outgoing>,
 ) {
@@ -528,6 +534,7 @@ pub fn run(
         speed,
         idle: 0,
         notice: None,
+        unacked: acks.then_some(0),
     };
     let mut status_due = true;
     let mut frame_due = true;
@@ -540,19 +547,32 @@ pub fn run(
             }
             status_due = false;
         }
-        if frame_due {
+        // Flow control (protocol.rs): an acking client gets at most ACK_WINDOW frames
+        // ahead; then frames and the clock wait for its next message.
+        let window_open = r.unacked.is_none_or(|n| n < ACK_WINDOW);
+        if frame_due && window_open {
             if !send(Outgoing::Binary(r.sim.frame(r.playing).encode())) {
                 return;
             }
             frame_due = false;
+            if let Some(n) = r.unacked.as_mut() {
+                *n += 1;
+            }
         }
+        let window_open = r.unacked.is_none_or(|n| n < ACK_WINDOW);
         // Wait for a message or the next tick.
-        let wait = if r.playing {
+        let wait = if r.playing && window_open && !frame_due {
             next_tick.saturating_duration_since(Instant::now())
         } else {
             Duration::from_secs(3600)
         };
         let mut handle = |m: ClientMsg, r: &mut Runner| -> bool {
+            if matches!(m, ClientMsg::Ack) {
+                if let Some(n) = r.unacked.as_mut() {
+                    *n = n.saturating_sub(1);
+                }
+                return true;
+            }
             let before = r.playing;
             let reply = r.apply(m);
             if r.playing && !before {
@@ -587,7 +607,8 @@ pub fn run(
             status_due = true;
         }
         let now = Instant::now();
-        if r.playing && now >= next_tick {
+        let window_open = r.unacked.is_none_or(|n| n < ACK_WINDOW);
+        if r.playing && now >= next_tick && window_open && !frame_due {
             if r.sim.advance() {
                 frame_due = true;
                 if !r.sim.growing() {
