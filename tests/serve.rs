@@ -494,6 +494,41 @@ async fn a_client_that_acks_is_never_more_than_the_window_ahead() {
     }
 }
 
+/// The server side of a connection to port `port` in /proc/net/tcp: its `tr:tm->when`
+/// field (timer kind: 00 none, 01 retransmit, 02 keepalive, ...; jiffies left).
+fn server_socket_timer(port: u16) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let local_port = f.get(1)?.rsplit(':').next()?;
+        let established = f.get(3) == Some(&"01");
+        (established && u16::from_str_radix(local_port, 16).ok()? == port).then(|| f[5].to_string())
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_have_tcp_keepalive() {
+    // A vanished peer of a paused session sends and receives nothing; only keepalive
+    // probes notice it. Its timer shows in the kernel's socket table once all is quiet.
+    let addr = start(vec![snapshot("m", 1)], options(4, 1)).await;
+    let mut ws = connect(addr).await;
+    text_of(&mut ws, "hello").await;
+    pause(&mut ws).await;
+    let mut timer = None;
+    for _ in 0..50 {
+        timer = server_socket_timer(addr.port());
+        if timer.as_deref().is_some_and(|t| t.starts_with("02:")) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let timer = timer.expect("the server's socket in /proc/net/tcp");
+    assert!(
+        timer.starts_with("02:"),
+        "no keepalive timer: tr:tm->when = {timer}"
+    );
+}
+
 /// Reads frames until the growth is over, then pauses; returns the last frame.
 async fn grown_and_paused(ws: &mut Ws) -> (FrameHeader, Vec<u8>) {
     text_of(ws, "hello").await;

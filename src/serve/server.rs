@@ -91,9 +91,23 @@ pub async fn serve(listener: tokio::net::TcpListener, router: Router) -> std::io
     let listener = listener.tap_io(|tcp| {
         // Best effort: a socket that refuses the options still works, only less smoothly.
         let _ = tcp.set_nodelay(true);
-        let _ = socket2::SockRef::from(&*tcp).set_send_buffer_size(SEND_BUFFER_BYTES);
+        let sock = socket2::SockRef::from(&*tcp);
+        let _ = sock.set_send_buffer_size(SEND_BUFFER_BYTES);
+        let _ = sock.set_tcp_keepalive(&keepalive());
     });
     axum::serve(listener, router).await
+}
+
+/// TCP keepalive: a peer that vanishes without closing (a laptop that sleeps, a network
+/// that drops) is noticed after about 60 + 6 x 10 s of silence, and its session slot
+/// frees, also when its session is paused and nothing is being sent to it.
+fn keepalive() -> socket2::TcpKeepalive {
+    let t = socket2::TcpKeepalive::new().with_time(std::time::Duration::from_secs(60));
+    #[cfg(any(target_os = "linux", target_os = "macos", target_os = "freebsd"))]
+    let t = t
+        .with_interval(std::time::Duration::from_secs(10))
+        .with_retries(6);
+    t
 }
 
 async fn page() -> Response {
