@@ -15,10 +15,37 @@ pub use session::{ModelSnapshot, SessionOptions};
 
 use std::path::{Path, PathBuf};
 
-/// The checkpoint served when none is named: `models/mnist-doubling-small.safetensors` in
-/// the crate's directory.
+/// The shipped models (in `models/`, trained by their presets on a CPU; README), in the
+/// order the page lists them. The first is the default of `figures` and `sample`.
+pub const SHIPPED: [&str; 3] = [
+    "mnist-doubling-small",
+    "mnist-nondoubling-damage-small",
+    "emoji-doubling-small",
+];
+
+/// The checkpoint of shipped model `name` in the crate's directory.
+pub fn shipped(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("models")
+        .join(format!("{name}.safetensors"))
+}
+
+/// The checkpoint used when none is named: `models/mnist-doubling-small.safetensors`.
 pub fn default_checkpoint() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/mnist-doubling-small.safetensors")
+    shipped(SHIPPED[0])
+}
+
+/// What `serve` shows when no checkpoint is named: every shipped model that is present
+/// (the first one must be).
+pub fn default_checkpoints() -> Vec<PathBuf> {
+    let mut out = vec![default_checkpoint()];
+    out.extend(
+        SHIPPED[1..]
+            .iter()
+            .map(|n| shipped(n))
+            .filter(|p| p.is_file()),
+    );
+    out
 }
 
 /// A short name for a checkpoint: its file stem, with the directory in front for a run's

@@ -1,0 +1,92 @@
+//! `vnca bench` and its worker processes.
+use crate::bench;
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchShape {
+    /// Preset whose model is measured.
+    #[arg(long, default_value = "mnist-doubling")]
+    pub preset: String,
+    /// Training batch size (the hot loop uses it too).
+    #[arg(long, default_value_t = 32)]
+    pub batch: i64,
+    /// Timed repetitions of each measurement (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    pub repeats: usize,
+    /// Untimed repetitions first.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    /// Images in the IWAE measurement (each decodes --iw-samples seeds).
+    #[arg(long, default_value_t = 2)]
+    pub iwae_images: usize,
+    #[arg(long, default_value_t = 128)]
+    pub iw_samples: i64,
+    /// Measure our training step with gradient checkpointing (recomputation).
+    #[arg(long)]
+    pub grad_checkpointing: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    #[command(flatten)]
+    pub shape: BenchShape,
+    /// Python with torch for the reference mirror (default: the project's .venv).
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// Skip the PyTorch mirror.
+    #[arg(long)]
+    pub no_mirror: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub(super) fn bench_options(
+    s: &BenchShape,
+    device: tch::Device,
+    threads: usize,
+    python: Option<PathBuf>,
+) -> bench::BenchOptions {
+    bench::BenchOptions {
+        preset: s.preset.clone(),
+        batch: s.batch,
+        repeats: s.repeats,
+        warmup: s.warmup,
+        iwae_images: s.iwae_images,
+        iw_samples: s.iw_samples,
+        grad_checkpointing: s.grad_checkpointing,
+        threads,
+        device,
+        python,
+    }
+}
+
+pub(super) fn cmd_bench(a: BenchArgs, device: tch::Device, threads: usize) -> anyhow::Result<()> {
+    let python = if a.no_mirror {
+        None
+    } else {
+        let p = a.python.unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+        });
+        anyhow::ensure!(
+            p.exists(),
+            "no Python for the mirror at `{}` (run `make setup`, pass --python, or --no-mirror)",
+            p.display()
+        );
+        Some(p)
+    };
+    let o = bench_options(&a.shape, device, threads, python);
+    let quiet = a.json;
+    let r = bench::run(&o, &mut |m| {
+        if !quiet {
+            eprintln!("{m}")
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        print!("{}", bench::table(&r));
+    }
+    Ok(())
+}

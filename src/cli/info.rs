@@ -1,0 +1,52 @@
+//! `vnca info`: presets, model summary, parameter count.
+use super::ArchArgs;
+use crate::config::{Config, DEFAULT_PRESET, PRESETS};
+use crate::model::Vnca;
+
+pub(super) fn cmd_info(a: ArchArgs) -> anyhow::Result<()> {
+    if a.list {
+        for (name, text) in PRESETS {
+            let first = text.lines().next().unwrap_or("").trim_start_matches("# ");
+            println!("{name:24} {first}");
+        }
+        return Ok(());
+    }
+    let cfg = a
+        .explicit()?
+        .map_or_else(|| Config::preset(DEFAULT_PRESET), Ok)?;
+    let model = Vnca::new(&cfg.model, tch::Device::Cpu, 0);
+    let m = &cfg.model;
+    println!("config       {}", cfg.name);
+    println!(
+        "encoder      5 x conv5x5 (width {} doubling), linear -> 2 x {}",
+        m.encoder_width, m.z_dim
+    );
+    println!(
+        "decoder      doubling NCA: 2x2 seed, {} doublings to {}x{}, {} steps/stage = {} steps, p_update {}",
+        cfg.n_doublings(),
+        m.image_size,
+        m.image_size,
+        m.steps_per_stage,
+        model.nca.n_steps(),
+        m.p_update
+    );
+    println!(
+        "update net   conv3x3 {} -> {}, {} residual 1x1 blocks, conv1x1 -> {}",
+        m.z_dim, m.hidden, m.n_residual, m.z_dim
+    );
+    let mut vars: Vec<_> = model.vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    let count = |prefix: &str| -> i64 {
+        vars.iter()
+            .filter(|(n, _)| n.starts_with(prefix))
+            .map(|(_, t)| t.numel() as i64)
+            .sum()
+    };
+    println!(
+        "parameters   {} (encoder {}, update net {})",
+        model.n_parameters(),
+        count("encoder."),
+        count("nca.")
+    );
+    Ok(())
+}

@@ -1,0 +1,71 @@
+//! `vnca train`.
+use super::ArchArgs;
+use crate::config::{Config, DEFAULT_PRESET};
+use crate::train::{train, TrainOptions};
+use clap::Args;
+use std::path::PathBuf;
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    #[command(flatten)]
+    pub arch: ArchArgs,
+    /// Run directory (default: runs/<config name>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Override the config's number of training steps.
+    #[arg(long)]
+    pub steps: Option<u64>,
+    /// Continue from <out>/latest.safetensors.
+    #[arg(long, conflicts_with = "overwrite")]
+    pub resume: bool,
+    /// Start afresh in a directory that already holds a run, replacing its checkpoints.
+    #[arg(long)]
+    pub overwrite: bool,
+    /// Override the data file/directory of the config.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> anyhow::Result<()> {
+    let explicit = a.arch.explicit()?;
+    let mut cfg = match (&explicit, &a.out, a.resume) {
+        (Some(c), _, _) => c.clone(),
+        // Resuming without a config: the run directory's own config.
+        (None, Some(out), true) => Config::from_file(&out.join("config.toml"))?,
+        _ => Config::preset(DEFAULT_PRESET)?,
+    };
+    if let Some(s) = a.steps {
+        cfg.train.steps = s;
+    }
+    if let Some(d) = a.data {
+        cfg.data.path = d;
+    }
+    let out = a
+        .out
+        .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
+    eprintln!(
+        "training `{}` on {device:?} ({threads} threads) for {} steps -> {}",
+        cfg.name,
+        cfg.train.steps,
+        out.display()
+    );
+    let opts = TrainOptions {
+        out: out.clone(),
+        device,
+        resume: a.resume,
+        quiet: a.quiet,
+        overwrite: a.overwrite,
+    };
+    let s = train(&cfg, &opts)?;
+    eprintln!(
+        "done: {} steps, last loss {:.2}, best validation NLL {}; checkpoints in {}",
+        s.steps,
+        s.last_loss,
+        s.best_val.map_or("-".into(), |v| format!("{v:.2} nats")),
+        out.display()
+    );
+    Ok(())
+}
