@@ -46,7 +46,7 @@ pub fn read_partition(path: &Path) -> Result<Vec<(String, u8)>, DataError> {
                 ))
             }
         };
-        if name.contains('/') || name.contains("..") {
+        if name.contains('/') || name.contains("..") || name.contains(char::is_control) {
             return Err(DataError::line(
                 path,
                 i + 1,
