@@ -8,7 +8,9 @@
 //! CelebA cannot be redistributed: users download it from the authors' page
 //! (https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html, "Align&Cropped Images" and
 //! "Eval/list_eval_partition.txt") and unzip it under one directory.
-use super::folder::{flatten_on_white, open_image, par_fill, pixels, shrink, ImageFolder};
+use super::folder::{
+    flatten_on_white, one_line, open_image, par_fill, pixels, shrink, ImageFolder,
+};
 use super::DataError;
 use std::path::Path;
 
@@ -29,7 +31,7 @@ pub fn read_partition(path: &Path) -> Result<Vec<(String, u8)>, DataError> {
             return Err(DataError::line(
                 path,
                 i + 1,
-                format!("expected `NAME SPLIT`, got `{line}`"),
+                format!("expected `NAME SPLIT`, got `{}`", one_line(line)),
             ));
         };
         let split = match idx {
@@ -40,15 +42,15 @@ pub fn read_partition(path: &Path) -> Result<Vec<(String, u8)>, DataError> {
                 return Err(DataError::line(
                     path,
                     i + 1,
-                    format!("split `{idx}` is not 0, 1 or 2"),
+                    format!("split `{}` is not 0, 1 or 2", one_line(idx)),
                 ))
             }
         };
-        if name.contains('/') || name.contains("..") {
+        if name.contains('/') || name.contains("..") || name.contains(char::is_control) {
             return Err(DataError::line(
                 path,
                 i + 1,
-                format!("`{name}` is not a plain file name"),
+                format!("`{}` is not a plain file name", one_line(name)),
             ));
         }
         out.push((name.to_string(), split));

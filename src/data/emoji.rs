@@ -24,7 +24,8 @@ pub mod names;
 mod sfnt;
 
 use super::folder::{
-    file_name, flatten_on_white, list_images, open_image, par_fill, pixels, shrink,
+    decode, file_name, flatten_on_white, list_images, one_line, open_image, par_fill, pixels,
+    shrink,
 };
 use super::DataError;
 use image::{DynamicImage, ImageFormat};
@@ -82,14 +83,17 @@ pub fn read_font(path: &Path, opts: &EmojiOptions) -> Result<Vec<Emoji>, DataErr
     jobs.sort_by(|a, b| a.0.cmp(&b.0));
     let mut rgb = vec![0u8; jobs.len() * per];
     par_fill(&jobs, &mut rgb, per, |(name, bitmap), out| {
-        let img =
-            image::load_from_memory_with_format(bitmap.png, ImageFormat::Png).map_err(|e| {
-                DataError::format(
-                    path,
-                    bitmap.offset,
-                    format!("glyph {} ({name}): corrupt PNG: {e}", bitmap.glyph),
-                )
-            })?;
+        let img = decode(bitmap.png, Some(ImageFormat::Png)).map_err(|e| {
+            DataError::format(
+                path,
+                bitmap.offset,
+                format!(
+                    "glyph {} ({}): corrupt PNG: {e}",
+                    bitmap.glyph,
+                    one_line(name)
+                ),
+            )
+        })?;
         out.copy_from_slice(&render(&img, opts.size));
         Ok(())
     })?;

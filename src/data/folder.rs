@@ -17,7 +17,7 @@
 
 use super::DataError;
 use image::imageops::{self, FilterType};
-use image::{DynamicImage, ImageBuffer, Pixel, RgbImage};
+use image::{DynamicImage, ImageBuffer, ImageDecoder, ImageFormat, ImageReader, Pixel, RgbImage};
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use std::path::{Path, PathBuf};
@@ -125,8 +125,53 @@ pub(super) fn file_name(path: &Path) -> String {
 /// Reads and decodes one picture, whatever its extension says.
 pub(super) fn open_image(path: &Path) -> Result<DynamicImage, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    image::load_from_memory(&bytes)
-        .map_err(|e| DataError::invalid(path, format!("cannot decode image: {e}")))
+    decode(&bytes, None).map_err(|e| DataError::invalid(path, format!("cannot decode image: {e}")))
+}
+
+/// The most bytes one buffer of a decoded picture may take: the decoder's
+/// output, or its RGBA copy. A header can claim up to 2^32 x 2^32 pixels, and
+/// the decoder allocates its output before it finds the data missing.
+pub const MAX_DECODED_BYTES: u64 = 64 << 20;
+
+/// Decodes `bytes` (format from the content unless given), refusing pictures
+/// whose buffers would exceed [`MAX_DECODED_BYTES`]. The error is one line.
+pub(super) fn decode(bytes: &[u8], format: Option<ImageFormat>) -> Result<DynamicImage, String> {
+    let cursor = std::io::Cursor::new(bytes);
+    let mut reader = match format {
+        Some(f) => ImageReader::with_format(cursor, f),
+        None => ImageReader::new(cursor)
+            .with_guessed_format()
+            .map_err(|e| one_line(&e.to_string()))?,
+    };
+    let mut limits = image::Limits::default();
+    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    reader.limits(limits);
+    let decoder = reader
+        .into_decoder()
+        .map_err(|e| one_line(&e.to_string()))?;
+    let (w, h) = decoder.dimensions();
+    if decoder.total_bytes().max(u64::from(w) * u64::from(h) * 4) > MAX_DECODED_BYTES {
+        return Err(format!(
+            "{w}x{h} pixels need more than {} MiB to decode",
+            MAX_DECODED_BYTES >> 20
+        ));
+    }
+    DynamicImage::from_decoder(decoder).map_err(|e| one_line(&e.to_string()))
+}
+
+/// `text` fit for a one-line error: trimmed, with control characters and line
+/// separators escaped (decoder messages can end in a newline; echoed file
+/// content can hold anything).
+pub(super) fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.trim().chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// The picture as RGB, with any alpha composited on white.

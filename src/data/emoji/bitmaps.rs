@@ -19,6 +19,11 @@ pub struct Bitmap<'a> {
     pub png: &'a [u8],
 }
 
+/// How many glyph locations the index subtables together may list. Index
+/// array records may all point to one subtable, so a small CBLC could
+/// otherwise list billions. A font has at most 65536 glyphs per strike.
+const MAX_LOCATIONS: usize = 1 << 20;
+
 /// Every colour bitmap of the largest strike, sorted by glyph id (the first
 /// index subtable wins if two cover the same glyph).
 pub fn color_bitmaps<'a>(font: &Font<'a>) -> Result<Vec<Bitmap<'a>>, DataError> {
@@ -35,6 +40,7 @@ pub fn color_bitmaps<'a>(font: &Font<'a>) -> Result<Vec<Bitmap<'a>>, DataError> 
     })?;
     let count = cblc.u32(strike + 8)?;
     let mut out = Vec::new();
+    let mut budget = MAX_LOCATIONS;
     for k in 0..count as usize {
         let first = array.u16(8 * k)?;
         let last = array.u16(8 * k + 2)?;
@@ -51,7 +57,7 @@ pub fn color_bitmaps<'a>(font: &Font<'a>) -> Result<Vec<Bitmap<'a>>, DataError> 
                 format_args!("index subtable offset {sub_off} is past the table end"),
             )
         })?;
-        read_subtable(&sub, &cbdt, first, last, &mut out)?;
+        read_subtable(&sub, &cbdt, first, last, &mut out, &mut budget)?;
     }
     out.sort_by_key(|b| b.glyph);
     out.dedup_by_key(|b| b.glyph);
@@ -83,6 +89,7 @@ fn read_subtable<'a>(
     first: u16,
     last: u16,
     out: &mut Vec<Bitmap<'a>>,
+    budget: &mut usize,
 ) -> Result<(), DataError> {
     let index_format = sub.u16(0)?;
     let image_format = sub.u16(2)?;
@@ -133,6 +140,12 @@ fn read_subtable<'a>(
         }
         f => return Err(sub.error(0, format_args!("unknown index subtable format {f}"))),
     }
+    *budget = budget.checked_sub(locs.len()).ok_or_else(|| {
+        sub.error(
+            0,
+            format_args!("index subtables list more than {MAX_LOCATIONS} glyphs; offsets repeat"),
+        )
+    })?;
     for (glyph, start, end, at) in locs {
         if end == start {
             continue; // the glyph has no bitmap in this strike

@@ -10,13 +10,20 @@
 use super::super::DataError;
 use super::sfnt::{Font, Table};
 
+/// How many code points all subtables together may map. Encoding records may
+/// all point to one subtable, so a small table could otherwise make us walk
+/// all of Unicode thousands of times. Four times all of Unicode is plenty.
+const MAX_CODE_POINTS: usize = 4 << 20;
+
 /// For each glyph id below `num_glyphs`, the code point that names it, if any.
 pub fn code_points(font: &Font, num_glyphs: u16) -> Result<Vec<Option<u32>>, DataError> {
     let mut best = vec![None; usize::from(num_glyphs)];
     let Some(cmap) = font.table("cmap") else {
         return Ok(best);
     };
+    let mapped = std::cell::Cell::new(0usize);
     let mut add = |cp: u32, glyph: u32| {
+        mapped.set(mapped.get() + 1);
         if let Some(slot) = best.get_mut(glyph as usize) {
             if glyph != 0 && slot.is_none_or(|old| (is_pua(cp), cp) < (is_pua(old), old)) {
                 *slot = Some(cp);
@@ -39,7 +46,15 @@ pub fn code_points(font: &Font, num_glyphs: u16) -> Result<Vec<Option<u32>>, Dat
         match sub.u16(0)? {
             4 => format4(&sub, &mut add)?,
             12 => format12(&sub, &mut add)?,
-            _ => {}
+            _ => continue,
+        }
+        if mapped.get() > MAX_CODE_POINTS {
+            return Err(cmap.error(
+                rec + 4,
+                format_args!(
+                    "subtables map more than {MAX_CODE_POINTS} code points; offsets repeat"
+                ),
+            ));
         }
     }
     Ok(best)

@@ -53,7 +53,7 @@ impl<'a> Font<'a> {
                     rec as u64 + 8,
                     format!(
                         "table `{}` claims bytes {offset}..{} but the file has {} bytes",
-                        String::from_utf8_lossy(&tag),
+                        String::from_utf8_lossy(&tag).escape_default(),
                         offset as u64 + len as u64,
                         data.len()
                     ),
