@@ -25,7 +25,7 @@ mod sfnt;
 
 use super::folder::{
     decode, file_name, flatten_on_white, list_images, one_line, open_image, par_fill, pixels,
-    shrink,
+    shrink, MAX_BITMAP_BYTES,
 };
 use super::DataError;
 use image::{DynamicImage, ImageFormat};
@@ -83,7 +83,7 @@ pub fn read_font(path: &Path, opts: &EmojiOptions) -> Result<Vec<Emoji>, DataErr
     jobs.sort_by(|a, b| a.0.cmp(&b.0));
     let mut rgb = vec![0u8; jobs.len() * per];
     par_fill(&jobs, &mut rgb, per, |(name, bitmap), out| {
-        let img = decode(bitmap.png, Some(ImageFormat::Png)).map_err(|e| {
+        let img = decode(bitmap.png, Some(ImageFormat::Png), MAX_BITMAP_BYTES).map_err(|e| {
             DataError::format(
                 path,
                 bitmap.offset,

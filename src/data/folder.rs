@@ -125,17 +125,27 @@ pub(super) fn file_name(path: &Path) -> String {
 /// Reads and decodes one picture, whatever its extension says.
 pub(super) fn open_image(path: &Path) -> Result<DynamicImage, DataError> {
     let bytes = std::fs::read(path).map_err(|e| DataError::io(path, e))?;
-    decode(&bytes, None).map_err(|e| DataError::invalid(path, format!("cannot decode image: {e}")))
+    decode(&bytes, None, MAX_DECODED_BYTES)
+        .map_err(|e| DataError::invalid(path, format!("cannot decode image: {e}")))
 }
 
 /// The most bytes one buffer of a decoded picture may take: the decoder's
 /// output, or its RGBA copy. A header can claim up to 2^32 x 2^32 pixels, and
-/// the decoder allocates its output before it finds the data missing.
-pub const MAX_DECODED_BYTES: u64 = 64 << 20;
+/// the decoder allocates its output before it finds the data missing. 256 MiB
+/// lets through photographs up to 67 Mpixels (the `image` crate's own default is
+/// 512 MiB per decoding thread).
+pub const MAX_DECODED_BYTES: u64 = 256 << 20;
+
+/// The same bound for a font's emoji bitmaps, which are 136x128 pixels.
+pub const MAX_BITMAP_BYTES: u64 = 64 << 20;
 
 /// Decodes `bytes` (format from the content unless given), refusing pictures
-/// whose buffers would exceed [`MAX_DECODED_BYTES`]. The error is one line.
-pub(super) fn decode(bytes: &[u8], format: Option<ImageFormat>) -> Result<DynamicImage, String> {
+/// whose buffers would exceed `max_bytes`. The error is one line.
+pub(super) fn decode(
+    bytes: &[u8],
+    format: Option<ImageFormat>,
+    max_bytes: u64,
+) -> Result<DynamicImage, String> {
     let cursor = std::io::Cursor::new(bytes);
     let mut reader = match format {
         Some(f) => ImageReader::with_format(cursor, f),
@@ -144,16 +154,16 @@ pub(super) fn decode(bytes: &[u8], format: Option<ImageFormat>) -> Result<Dynami
             .map_err(|e| one_line(&e.to_string()))?,
     };
     let mut limits = image::Limits::default();
-    limits.max_alloc = Some(MAX_DECODED_BYTES);
+    limits.max_alloc = Some(max_bytes);
     reader.limits(limits);
     let decoder = reader
         .into_decoder()
         .map_err(|e| one_line(&e.to_string()))?;
     let (w, h) = decoder.dimensions();
-    if decoder.total_bytes().max(u64::from(w) * u64::from(h) * 4) > MAX_DECODED_BYTES {
+    if decoder.total_bytes().max(u64::from(w) * u64::from(h) * 4) > max_bytes {
         return Err(format!(
             "{w}x{h} pixels need more than {} MiB to decode",
-            MAX_DECODED_BYTES >> 20
+            max_bytes >> 20
         ));
     }
     DynamicImage::from_decoder(decoder).map_err(|e| one_line(&e.to_string()))
