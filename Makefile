@@ -27,7 +27,8 @@ test: lint
 # The web UI in headless Chromium (installs Debian's chromium and playwright-core if
 # missing): grow, erase, watch the shipped model's digits heal. CI runs it after `test`.
 browser-test: build
-	tests/browser/run.sh target/release/vnca models/mnist-doubling-small.safetensors --expect-recovery
+	VNCA_EXTRA_CHECKPOINTS="models/mnist-nondoubling-damage-small.safetensors models/emoji-doubling-small.safetensors" \
+	  tests/browser/run.sh target/release/vnca models/mnist-doubling-small.safetensors --expect-recovery
 
 # Regenerate the PyTorch fixtures under tests/fixtures (committed; only needed when
 # tools/make_fixtures.py changes).

@@ -196,6 +196,24 @@ try {
   await page.mouse.up();
   await page.waitForTimeout(300);
   await page.screenshot({ path: path.join(here, "screenshot.png"), fullPage: true });
+
+  // A colour model, when the server has one (run.sh's VNCA_EXTRA_CHECKPOINTS): the model
+  // selector switches to it and the canvas shows colour, not grey.
+  const colour = await page.evaluate(() => window.vnca.models.findIndex((m) => m.channels === 3));
+  if (colour >= 0) {
+    await page.locator("#model").selectOption(String(colour));
+    await page.waitForFunction((i) => window.vnca.status && window.vnca.status.model === i && window.vnca.header.channels === 3, colour, { timeout: 30000 });
+    if (!(await page.evaluate(() => window.vnca.status.playing))) await page.click("#play");
+    await page.waitForFunction(() => window.vnca.header.channels === 3 && (window.vnca.header.flags & 1) === 0, null, { timeout: 60000 });
+    const chroma = await page.evaluate(() => {
+      const c = document.getElementById("view");
+      const d = c.getContext("2d").getImageData(0, 0, c.width, c.height).data;
+      let sum = 0;
+      for (let i = 0; i < d.length; i += 4) sum += Math.abs(d[i] - d[i + 1]) + Math.abs(d[i + 1] - d[i + 2]);
+      return sum / (d.length / 4);
+    });
+    check(chroma > 2, "the model selector switches to the colour model and the canvas shows colour", `mean |R-G|+|G-B| ${chroma.toFixed(1)}`);
+  }
   check(pageErrors.length === 0, "no errors in the page", pageErrors.join("; "));
   check(foreign.length === 0, "the page loads nothing from elsewhere", foreign.join(", "));
 } catch (e) {

@@ -6,6 +6,8 @@
 #
 # --expect-recovery also asserts that erased cells grow back (only with a trained model;
 # the doubling model was never trained to heal, so this is a check of a particular model).
+# VNCA_EXTRA_CHECKPOINTS="A B": more models to serve; with a colour one among them the
+# test also switches to it and checks the canvas shows colour.
 # Installs what it needs: Debian's chromium (/usr/bin/chromium) and, under
 # tests/browser/node_modules, playwright-core (which downloads no browser of its own).
 # Writes tests/browser/screenshot.png.
@@ -20,6 +22,11 @@ ckpt="$(realpath "$2")"
 shift 2
 [ -x "$bin" ] || { echo "not an executable: $bin" >&2; exit 2; }
 [ -f "$ckpt" ] || { echo "no checkpoint at $ckpt" >&2; exit 2; }
+extra=()
+for c in ${VNCA_EXTRA_CHECKPOINTS:-}; do
+    [ -f "$c" ] || { echo "no checkpoint at $c" >&2; exit 2; }
+    extra+=(--checkpoint "$(realpath "$c")")
+done
 
 if [ ! -x /usr/bin/chromium ]; then
     apt-get update
@@ -35,7 +42,7 @@ if [ ! -f node_modules/playwright-core/package.json ]; then
 fi
 
 log="$(mktemp)"
-"$bin" serve --checkpoint "$ckpt" --port 0 --batch 4 > "$log" 2>&1 &
+"$bin" serve --checkpoint "$ckpt" "${extra[@]}" --port 0 --batch 4 > "$log" 2>&1 &
 server=$!
 cleanup() {
     kill "$server" 2> /dev/null || true
