@@ -96,6 +96,24 @@ fn trained_checkpoint(dir: &Path) -> std::path::PathBuf {
     out.join("best.safetensors")
 }
 
+/// A runtime like the CLI's: two worker threads.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Serves `models` on 127.0.0.1 (any free port) in the background; returns the address.
+async fn start(models: Vec<serve::ModelSnapshot>, opts: ServeOptions) -> SocketAddr {
+    let router = serve::router(models, opts).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(serve::serve(listener, router));
+    addr
+}
+
 async fn connect(addr: SocketAddr) -> Ws {
     let c = tokio::time::timeout(
         PATIENCE,
@@ -429,16 +447,9 @@ fn fifty_clients_for_a_while_keep_order_cap_and_memory() {
     };
     let cap = opts.max_sessions;
     assert_eq!(cap, 16, "the documented default cap");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async move {
-        let router = serve::router(models, opts).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve::serve(listener, router));
+        let addr = start(models, opts).await;
 
         let t0 = Instant::now();
         let deadline = t0 + Duration::from_secs(seconds);
@@ -611,16 +622,9 @@ fn slow_but_reading_clients_keep_their_sessions() {
         },
         max_sessions: 2,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async move {
-        let router = serve::router(models, opts).unwrap();
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        tokio::spawn(serve::serve(listener, router));
+        let addr = start(models, opts).await;
         const SECS: u64 = 150;
         let acking = tokio::spawn(slow_client(addr, true, SECS));
         let plain = tokio::spawn(slow_client(addr, false, SECS));
