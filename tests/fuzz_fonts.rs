@@ -26,8 +26,8 @@
 #[path = "../src/data/emoji/testfont.rs"]
 mod testfont;
 
+mod fuzzing;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
@@ -111,17 +111,7 @@ fn check_alloc(peak: usize) -> Result<(), TestCaseError> {
 const DEFAULT_CASES: u32 = 256;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    ProptestConfig {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
+    fuzzing::config(DEFAULT_CASES)
 }
 
 // ---------------------------------------------------------------------------------------

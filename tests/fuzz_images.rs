@@ -15,9 +15,9 @@
 //! over all threads (the readers decode on several threads), with the reads serialised.
 //!
 //! Cases per property: [`DEFAULT_CASES`], or `PROPTEST_CASES=N` (see docs/RELIABILITY.md).
+mod fuzzing;
 use image::{DynamicImage, ImageBuffer, ImageFormat};
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
@@ -103,17 +103,7 @@ fn check_alloc(peak: usize) -> Result<(), TestCaseError> {
 const DEFAULT_CASES: u32 = 256;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    ProptestConfig {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
+    fuzzing::config(DEFAULT_CASES)
 }
 
 // ---------------------------------------------------------------------------------------

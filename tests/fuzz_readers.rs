@@ -13,8 +13,8 @@
 //!
 //! Cases per property: [`DEFAULT_CASES`], or `PROPTEST_CASES=N` (see docs/RELIABILITY.md).
 //! Failing inputs are recorded in `tests/fuzz_readers.proptest-regressions` and replayed first.
+mod fuzzing;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -82,17 +82,7 @@ const ALLOC_LIMIT: usize = 64 << 20;
 const DEFAULT_CASES: u32 = 256;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    ProptestConfig {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
+    fuzzing::config(DEFAULT_CASES)
 }
 
 // ---------------------------------------------------------------------------------------

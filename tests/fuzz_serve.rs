@@ -19,8 +19,8 @@
 //!   header and pixels.
 //!
 //! Cases per property: [`DEFAULT_CASES`], or `PROPTEST_CASES=N` (see docs/RELIABILITY.md).
+mod fuzzing;
 use proptest::prelude::*;
-use proptest::test_runner::FileFailurePersistence;
 use serde_json::Value;
 use vnca::serve::protocol::{
     decode_frame, encode_frame, parse_client_message, ClientMsg, FrameHeader, ProtocolError,
@@ -38,17 +38,7 @@ const DEFAULT_CASES: u32 = 4096;
 const MAX_ERROR_CHARS: usize = 300;
 
 fn config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(DEFAULT_CASES);
-    ProptestConfig {
-        cases,
-        failure_persistence: Some(Box::new(FileFailurePersistence::WithSource(
-            "proptest-regressions",
-        ))),
-        ..ProptestConfig::default()
-    }
+    fuzzing::config(DEFAULT_CASES)
 }
 
 /// The text shown for an input in a failure message (inputs can be 64 KiB).
