@@ -11,7 +11,7 @@
 use crate::config::Config;
 use crate::model::Vnca;
 use crate::noise::Noise;
-use crate::objective::{elbo, elbo_backward_recompute, iwae};
+use crate::objective::{elbo, elbo_recompute, iwae};
 use crate::train::optim::{clip_grad_norm, zero_grad, Adam};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -141,11 +141,14 @@ pub fn worker(what: &str, o: &BenchOptions) -> anyhow::Result<WorkerResult> {
             for i in 0..o.warmup + o.repeats {
                 let t0 = Instant::now();
                 zero_grad(&params);
-                if o.grad_checkpointing {
-                    elbo_backward_recompute(&model, &x, cfg.train.beta, &mut noise);
+                let objective = if o.grad_checkpointing {
+                    elbo_recompute
                 } else {
-                    elbo(&model, &x, cfg.train.beta, &mut noise).loss.backward();
-                }
+                    elbo
+                };
+                objective(&model, &x, cfg.train.beta, &mut noise)
+                    .loss
+                    .backward();
                 clip_grad_norm(&params, cfg.train.grad_clip);
                 adam.update(&params);
                 sync(o.device);

@@ -44,6 +44,10 @@ pub const PRESETS: &[(&str, &str)] = &[
         "emoji-doubling-small",
         include_str!("../configs/emoji-doubling-small.toml"),
     ),
+    (
+        "mnist-nondoubling-damage-demo",
+        include_str!("../configs/mnist-nondoubling-damage-demo.toml"),
+    ),
 ];
 
 /// The preset `vnca train` uses when given neither `--config` nor `--preset`.
@@ -152,6 +156,25 @@ pub struct ModelConfig {
     /// Clip the encoder's log sigma to [-c, c] (the beta = 100 CelebA run used 7).
     #[serde(default)]
     pub clip_log_sigma: Option<f64>,
+    /// The range the encoder sees the image in. Configs without the key (every checkpoint
+    /// written before it existed) mean `unit`, which is what they were trained with.
+    #[serde(default)]
+    pub encoder_input: EncoderInput,
+}
+
+/// The value range of the images fed to the encoder. The likelihood always sees the
+/// image as the data pipeline delivers it ([0, 1]); only the encoder's input differs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EncoderInput {
+    /// [0, 1] as loaded: binarized MNIST (every revision) and the non-doubling CelebA run
+    /// (reference a17aafd, which rescales only inside the DML log-likelihood).
+    #[default]
+    Unit,
+    /// [-1, 1] (`x * 2 - 1` before the encoder): the reference's doubling colour runs,
+    /// CelebA 641588a, CelebA beta = 100 8d1ee6e and Noto emoji 028b599 (`forward` in
+    /// vae-nca.py).
+    Signed,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -4,8 +4,9 @@ use crate::config::{LikelihoodKind, ModelConfig};
 use crate::dataset::Split;
 use crate::model::Vnca;
 use crate::noise::NoiseSource;
-use crate::objective::iwae;
+use crate::objective::{iwae, posterior_mean_terms};
 use serde::Serialize;
+use tch::{Kind, Tensor};
 
 /// Dimensions per image in bits/dim for binarized MNIST: the 28x28 = 784 real pixels, as
 /// the reference's doubling-MNIST code divides by, although the doubling model's Bernoulli
@@ -36,38 +37,123 @@ pub struct NllReport {
     pub seconds: f64,
 }
 
-/// IWAE-`k` NLL over the first `limit` images of `split` (all when None), `batch` images
-/// at a time, decoding at most `max_decode` NCA seeds at once. `on_batch(done)` reports progress.
-#[allow(clippy::too_many_arguments)]
+/// Which images of a split an evaluation covers and how many it decodes at once.
+#[derive(Clone, Copy, Debug)]
+pub struct EvalOptions {
+    /// The first `limit` images of the split (all when None).
+    pub limit: Option<usize>,
+    /// Images per batch.
+    pub batch: i64,
+    /// At most this many NCA seeds decoded at once (IWAE: batch x K rows are chunked).
+    pub max_decode: i64,
+}
+
+impl EvalOptions {
+    /// The number of images evaluated.
+    pub fn n_images(&self, split: &Split) -> i64 {
+        self.limit
+            .map_or(split.len(), |l| (l as i64).min(split.len()))
+    }
+
+    /// Runs `f(start, x)` on consecutive batches x [len, C, S, S] of the evaluated images
+    /// (no autograd), calling `on_batch(images done)` after each.
+    pub fn for_each_batch(
+        &self,
+        model: &Vnca,
+        split: &Split,
+        on_batch: &mut dyn FnMut(usize),
+        f: &mut dyn FnMut(i64, &Tensor),
+    ) {
+        let n = self.n_images(split);
+        let batch = self.batch.max(1);
+        tch::no_grad(|| {
+            for start in (0..n).step_by(batch as usize) {
+                let len = batch.min(n - start);
+                let x = split.range(start, len, model.cfg.image_size, model.device());
+                f(start, &x);
+                on_batch((start + len) as usize);
+            }
+        });
+    }
+}
+
+fn to_f64s(t: &Tensor) -> Vec<f64> {
+    Vec::<f64>::try_from(t.to_kind(Kind::Double).to_device(tch::Device::Cpu)).expect("f64 vector")
+}
+
+/// IWAE-`k` bound on log p(x) of every evaluated image, in image order (nats).
+pub fn iwae_per_image(
+    model: &Vnca,
+    split: &Split,
+    k: i64,
+    opts: &EvalOptions,
+    noise: &mut dyn NoiseSource,
+    on_batch: &mut dyn FnMut(usize),
+) -> Vec<f64> {
+    let mut log_px = Vec::new();
+    opts.for_each_batch(model, split, on_batch, &mut |_, x| {
+        log_px.extend(to_f64s(&iwae(model, x, k, opts.max_decode, noise))); // [len]
+    });
+    log_px
+}
+
+/// IWAE-`k` NLL over the evaluated images of `split`: mean, standard error, bits/dim.
 pub fn nll(
     model: &Vnca,
     split: &Split,
-    limit: Option<usize>,
     k: i64,
-    batch: i64,
-    max_decode: i64,
+    opts: &EvalOptions,
     noise: &mut dyn NoiseSource,
     on_batch: &mut dyn FnMut(usize),
 ) -> NllReport {
     let t0 = std::time::Instant::now();
-    let n = limit.map_or(split.len(), |l| (l as i64).min(split.len()));
-    let size = model.cfg.image_size;
-    let mut per_image: Vec<f64> = Vec::with_capacity(n as usize);
-    tch::no_grad(|| {
-        let mut start = 0;
-        while start < n {
-            let len = batch.min(n - start);
-            let x = split.range(start, len, size, model.device());
-            let lb = iwae(model, &x, k, max_decode, noise); // [len]
-            let v = Vec::<f64>::try_from(lb.to_kind(tch::Kind::Double).to_device(tch::Device::Cpu))
-                .expect("f64 vector");
-            per_image.extend(v.into_iter().map(|l| -l));
-            start += len;
-            on_batch(start as usize);
-        }
-    });
+    let log_px = iwae_per_image(model, split, k, opts, noise, on_batch);
+    let per_image: Vec<f64> = log_px.iter().map(|l| -l).collect();
     let dims = bpd_dims(&model.cfg);
     summarize(&per_image, k, &split.name, t0.elapsed().as_secs_f64(), dims)
+}
+
+/// The deterministic evaluation (`vnca eval --posterior-mean`): per image log p(x | z = mu)
+/// and KL(q(z|x) || p(z)), no sampled z. Not a bound on log p(x); for comparing two
+/// implementations or checkpoints exactly (`objective::posterior_mean_terms`).
+#[derive(Clone, Debug, Serialize)]
+pub struct PosteriorMeanReport {
+    /// Mean over images of -log p(x | z = mu), nats.
+    pub recon_nats: f64,
+    /// Mean over images of KL(q(z|x) || N(0, I)), nats.
+    pub kl_nats: f64,
+    /// recon_nats + kl_nats (the ELBO's two terms at the posterior mean, negated).
+    pub loss_nats: f64,
+    pub n_images: usize,
+    pub split: String,
+    /// Per image: log p(x | z = mu), KL.
+    #[serde(skip)]
+    pub per_image: Vec<(f64, f64)>,
+}
+
+pub fn posterior_mean(
+    model: &Vnca,
+    split: &Split,
+    opts: &EvalOptions,
+    noise: &mut dyn NoiseSource,
+    on_batch: &mut dyn FnMut(usize),
+) -> PosteriorMeanReport {
+    let mut per_image = Vec::new();
+    opts.for_each_batch(model, split, on_batch, &mut |_, x| {
+        let (log_px, kl) = posterior_mean_terms(model, x, noise); // [len], [len]
+        per_image.extend(to_f64s(&log_px).into_iter().zip(to_f64s(&kl)));
+    });
+    let m = per_image.len().max(1) as f64;
+    let recon = -per_image.iter().map(|p| p.0).sum::<f64>() / m;
+    let kl = per_image.iter().map(|p| p.1).sum::<f64>() / m;
+    PosteriorMeanReport {
+        recon_nats: recon,
+        kl_nats: kl,
+        loss_nats: recon + kl,
+        n_images: per_image.len(),
+        split: split.name.clone(),
+        per_image,
+    }
 }
 
 /// Mean, standard error and bits/dim of per-image NLLs.

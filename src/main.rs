@@ -4,6 +4,10 @@ use clap::Parser;
 fn main() {
     let cli = vnca::cli::Cli::parse();
     if let Err(e) = vnca::cli::run(cli) {
+        if let Some(stop) = e.downcast_ref::<vnca::cli::Interrupted>() {
+            eprintln!("interrupted: {stop}");
+            std::process::exit(130);
+        }
         eprintln!("error: {}", one_line(&e));
         std::process::exit(1);
     }

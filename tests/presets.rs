@@ -62,16 +62,12 @@ fn every_preset_trains_and_evaluates() {
             _ => root.join(&cfg.data.path),
         };
         let test = vnca::dataset::load_split(&cfg, "test").unwrap();
-        let r = vnca::eval::nll(
-            &model,
-            &test,
-            Some(2),
-            2,
-            2,
-            4,
-            &mut Noise::new(0),
-            &mut |_| {},
-        );
+        let opts = vnca::eval::EvalOptions {
+            limit: Some(2),
+            batch: 2,
+            max_decode: 4,
+        };
+        let r = vnca::eval::nll(&model, &test, 2, &opts, &mut Noise::new(0), &mut |_| {});
         assert_eq!(r.n_images, 2, "{name}");
         assert!(
             r.nll_nats.is_finite() && r.nll_nats > 0.0,

@@ -22,9 +22,10 @@ pub struct EvalArgs {
     /// train, valid or test (ignored when --data is a single .amat file).
     #[arg(long, default_value = "test")]
     pub split: String,
-    /// Importance samples per image.
-    #[arg(long, default_value_t = 128)]
-    pub iw_samples: i64,
+    /// Importance samples per image; several, comma-separated (e.g. `1,8,128`), print how
+    /// the bound tightens (each K is a separate pass with the same seed).
+    #[arg(long, value_delimiter = ',', default_value = "128")]
+    pub iw_samples: Vec<i64>,
     /// Evaluate only the first N images.
     #[arg(long)]
     pub limit: Option<usize>,
@@ -34,6 +35,14 @@ pub struct EvalArgs {
     /// Seed of the importance-sampling noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write one CSV line per image: index, label (empty when the data have none), and
+    /// log p(x) for each K (with --posterior-mean: log p(x | z = mu) and the KL).
+    #[arg(long, value_name = "FILE")]
+    pub per_example: Option<PathBuf>,
+    /// Deterministic evaluation instead of IWAE: per image log p(x | z = mu) and
+    /// KL(q || p), no sampled z (exact comparisons between implementations or checkpoints).
+    #[arg(long)]
+    pub posterior_mean: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -80,44 +89,140 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
             dataset::load_split(&cfg, &a.split)?
         }
     };
-    let n = a
-        .limit
-        .map_or(split.len() as u64, |l| (l as u64).min(split.len() as u64));
+    anyhow::ensure!(
+        a.iw_samples.iter().all(|&k| k >= 1),
+        "--iw-samples {:?}: each must be >= 1",
+        a.iw_samples
+    );
+    anyhow::ensure!(a.batch >= 1, "--batch {} must be >= 1", a.batch);
+    let k_max = a.iw_samples.iter().copied().max().unwrap_or(1);
+    let opts = eval::EvalOptions {
+        limit: a.limit,
+        batch: a.batch,
+        max_decode: (a.batch * k_max).max(1),
+    };
+    let n = opts.n_images(&split) as u64;
+    let passes = if a.posterior_mean {
+        1
+    } else {
+        a.iw_samples.len() as u64
+    };
     let bar = if a.json {
         ProgressBar::hidden()
     } else {
-        ProgressBar::new(n)
+        ProgressBar::new(n * passes)
     };
     bar.set_style(ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:30}] {pos}/{len} images ETA {eta}",
+        "{elapsed_precise} [{bar:30}] {pos}/{len} images ETA {eta} {msg}",
     )?);
-    let mut noise = Noise::new(a.seed);
-    let max_decode = (a.batch * a.iw_samples).max(1);
-    let r = eval::nll(
-        &model,
-        &split,
-        a.limit,
-        a.iw_samples,
-        a.batch,
-        max_decode,
-        &mut noise,
-        &mut |d| bar.set_position(d as u64),
-    );
+    let labels = split.labels.as_ref().map(|l| {
+        Vec::<i64>::try_from(l.narrow(0, 0, n as i64).to_kind(tch::Kind::Int64)).unwrap_or_default()
+    });
+    let label_of = |i: usize| {
+        labels
+            .as_ref()
+            .and_then(|l| l.get(i))
+            .map(|l| l.to_string())
+    };
+
+    if a.posterior_mean {
+        let mut noise = Noise::new(a.seed);
+        let r = eval::posterior_mean(&model, &split, &opts, &mut noise, &mut |d| {
+            bar.set_position(d as u64)
+        });
+        bar.finish_and_clear();
+        if let Some(path) = &a.per_example {
+            let rows =
+                r.per_image.iter().enumerate().map(|(i, (lp, kl))| {
+                    format!("{i},{},{lp},{kl}", label_of(i).unwrap_or_default())
+                });
+            write_csv(path, "index,label,log_px_given_mu,kl", rows)?;
+        }
+        if a.json {
+            println!("{}", serde_json::to_string(&r)?);
+        } else {
+            println!("model        {} ({})", cfg.name, a.checkpoint.display());
+            println!("split        {} ({} images)", r.split, r.n_images);
+            println!(
+                "-log p(x|mu) {:.6} nats per image (posterior mean, no sampling)",
+                r.recon_nats
+            );
+            println!("KL(q || p)   {:.6} nats per image", r.kl_nats);
+            println!("sum          {:.6} nats per image", r.loss_nats);
+        }
+        return Ok(());
+    }
+
+    let mut reports = Vec::new();
+    let mut columns: Vec<Vec<f64>> = Vec::new();
+    for (pass, &k) in a.iw_samples.iter().enumerate() {
+        bar.set_message(format!("IWAE-{k}"));
+        let t0 = std::time::Instant::now();
+        let mut noise = Noise::new(a.seed);
+        let done = pass as u64 * n;
+        let log_px = eval::iwae_per_image(&model, &split, k, &opts, &mut noise, &mut |d| {
+            bar.set_position(done + d as u64)
+        });
+        let nll: Vec<f64> = log_px.iter().map(|l| -l).collect();
+        let dims = eval::bpd_dims(&model.cfg);
+        reports.push(eval::summarize(
+            &nll,
+            k,
+            &split.name,
+            t0.elapsed().as_secs_f64(),
+            dims,
+        ));
+        columns.push(log_px);
+    }
     bar.finish_and_clear();
+    if let Some(path) = &a.per_example {
+        let header = std::iter::once("index,label".to_string())
+            .chain(a.iw_samples.iter().map(|k| format!("log_px_iwae{k}")))
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows = (0..n as usize).map(|i| {
+            let values: Vec<String> = columns.iter().map(|c| c[i].to_string()).collect();
+            format!(
+                "{i},{},{}",
+                label_of(i).unwrap_or_default(),
+                values.join(",")
+            )
+        });
+        write_csv(path, &header, rows)?;
+    }
     if a.json {
-        println!("{}", serde_json::to_string(&r)?);
+        // One object for one K (the format scripts already read), an array for several.
+        match reports.as_slice() {
+            [r] => println!("{}", serde_json::to_string(r)?),
+            rs => println!("{}", serde_json::to_string(rs)?),
+        }
     } else {
+        let r0 = &reports[0];
         println!("model        {} ({})", cfg.name, a.checkpoint.display());
-        println!("split        {} ({} images)", r.split, r.n_images);
-        println!("bound        IWAE-{}", r.iw_samples);
-        println!(
-            "NLL          {:.3} ± {:.3} nats per image (standard error)",
-            r.nll_nats, r.nll_stderr
-        );
-        println!("bits/dim     {:.5} (over {} pixels)", r.bpd, r.bpd_dims);
-        println!("time         {:.1} s", r.seconds);
+        println!("split        {} ({} images)", r0.split, r0.n_images);
+        for r in &reports {
+            println!(
+                "IWAE-{:<7} NLL {:.3} ± {:.3} nats per image (standard error), {:.5} bits/dim over {} pixels, {:.1} s",
+                r.iw_samples, r.nll_nats, r.nll_stderr, r.bpd, r.bpd_dims, r.seconds
+            );
+        }
     }
     Ok(())
+}
+
+/// Writes a CSV file atomically (a header line, then the rows), naming the file in errors.
+fn write_csv(
+    path: &std::path::Path,
+    header: &str,
+    rows: impl Iterator<Item = String>,
+) -> anyhow::Result<()> {
+    let mut text = format!("{header}\n");
+    for row in rows {
+        text.push_str(&row);
+        text.push('\n');
+    }
+    crate::train::checkpoint::write_atomic(path, text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("--per-example `{}`: {e}", path.display()))
 }
 
 pub(super) fn cmd_damage_eval(a: DamageEvalArgs, device: tch::Device) -> anyhow::Result<()> {

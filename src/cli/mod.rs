@@ -14,7 +14,7 @@ pub use data::DataCommand;
 pub use evaluate::{DamageEvalArgs, EvalArgs};
 pub use pictures::{FiguresArgs, SampleArgs};
 pub use serve::ServeArgs;
-pub use train::TrainArgs;
+pub use train::{Interrupted, TrainArgs};
 
 use crate::config::Config;
 use crate::device::{parse_device, set_threads};

@@ -60,6 +60,16 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
         overwrite: a.overwrite,
     };
     let s = train(&cfg, &opts)?;
+    if s.interrupted {
+        return Err(Interrupted(format!(
+            "training stopped at step {} of {}; `{}` holds it. Continue with: vnca train --out {} --resume",
+            s.steps,
+            cfg.train.steps,
+            crate::train::trainer::latest_path(&out).display(),
+            out.display()
+        ))
+        .into());
+    }
     eprintln!(
         "done: {} steps, last loss {:.2}, best validation NLL {}; checkpoints in {}",
         s.steps,
@@ -69,3 +79,9 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
     );
     Ok(())
 }
+
+/// A run stopped by Ctrl-C (after saving): not a failure, but not a finished run either.
+/// `main` prints it as `interrupted: ...` and exits with 130, the shell's code for SIGINT.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Interrupted(pub String);

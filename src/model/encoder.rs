@@ -2,7 +2,7 @@
 //! numbers, read as (mu, log sigma) as in every VNCA revision of the reference
 //! (the [Re] and the baseline VAEs use log-variance instead; PAPER.md 3.1, 3.6).
 use super::layers::{conv2d, linear};
-use crate::config::ModelConfig;
+use crate::config::{EncoderInput, ModelConfig};
 use tch::{nn, nn::Module, Tensor};
 
 #[derive(Debug)]
@@ -12,6 +12,7 @@ pub struct Encoder {
     z_dim: i64,
     clip_mu: Option<f64>,
     clip_log_sigma: Option<f64>,
+    input: EncoderInput,
 }
 
 impl Encoder {
@@ -39,12 +40,17 @@ impl Encoder {
             z_dim: cfg.z_dim,
             clip_mu: cfg.clip_mu,
             clip_log_sigma: cfg.clip_log_sigma,
+            input: cfg.encoder_input,
         }
     }
 
-    /// x: [B, C, H, W] in {0,1} -> (mu [B, Z], log_sigma [B, Z]).
+    /// x: [B, C, H, W] in [0, 1] -> (mu [B, Z], log_sigma [B, Z]). The doubling colour
+    /// models of the reference see the image in [-1, 1] (`EncoderInput::Signed`).
     pub fn forward(&self, x: &Tensor) -> (Tensor, Tensor) {
-        let mut h = x.shallow_clone();
+        let mut h = match self.input {
+            EncoderInput::Unit => x.shallow_clone(),
+            EncoderInput::Signed => x * 2.0 - 1.0,
+        };
         for conv in &self.convs {
             h = conv.forward(&h).elu(); // [B, w*2^i, H/2^i, W/2^i]
         }

@@ -5,8 +5,9 @@
 //!   of copies of itself and the cells run again, until the grid has the image's size
 //!   (2 -> 4 -> 8 -> 16 -> 32: 40 steps).
 //! - Non-doubling (the reference's `NCA`, for damage recovery): z is copied into every
-//!   cell of the full grid and the cells run T steps, T ~ U{min_steps..max_steps} drawn
-//!   once per growth (shared by the batch), as the reference.
+//!   cell of the full grid and the cells run T steps, T ~ U{min_steps..max_steps}: in
+//!   training drawn once per growth and shared by the batch (`grow`), in evaluation once
+//!   per image (`grow_rows`), as the reference.
 //!
 //! A step is `state + update(state) * mask`, the mask choosing which cells update
 //! (all of them when p_update = 1, in which case no mask is drawn at all).
@@ -130,16 +131,25 @@ impl Nca {
                 }
                 ops
             }
-            Growth::Grid {
-                min_steps,
-                max_steps,
-                ..
-            } => {
-                let u = noise.uniform(&[1]).double_value(&[0]);
-                let span = (max_steps - min_steps + 1) as f64;
-                vec![false; min_steps + ((u * span) as usize).min(max_steps - min_steps)]
-            }
+            Growth::Grid { .. } => vec![false; self.draw_steps(noise).unwrap_or(0)],
         }
+    }
+
+    /// The number of steps of one non-doubling growth, T ~ U{min_steps..max_steps}
+    /// (inclusive, the reference's `random.randint`), from one uniform draw; None for the
+    /// doubling decoder, whose schedule is fixed.
+    pub fn draw_steps(&self, noise: &mut dyn NoiseSource) -> Option<usize> {
+        let Growth::Grid {
+            min_steps,
+            max_steps,
+            ..
+        } = self.growth
+        else {
+            return None;
+        };
+        let u = noise.uniform(&[1]).double_value(&[0]);
+        let span = (max_steps - min_steps + 1) as f64;
+        Some(min_steps + ((u * span) as usize).min(max_steps - min_steps))
     }
 
     /// Grows the image from z: [N, Z] -> final state [N, Z, S, S]. `on_state` sees the
@@ -175,22 +185,63 @@ impl Nca {
         state
     }
 
+    /// Non-doubling growth in which row i runs `row_steps[i]` steps: the reference's
+    /// evaluation draws T once per test image, and a batch of several images (each with
+    /// its K importance samples) must not share one draw. Rows run in lock-step up to the
+    /// largest count; a row past its own count is frozen (its update multiplied by 0, so
+    /// it is exactly the state it reached). When every row is still running, a step is
+    /// the plain step, so equal counts give exactly `grow_from`'s states.
+    /// state: [N, Z, S, S], row_steps: N counts -> [N, Z, S, S].
+    pub fn grow_rows(
+        &self,
+        state: &Tensor,
+        row_steps: &[usize],
+        noise: &mut dyn NoiseSource,
+    ) -> Tensor {
+        let n = state.size()[0];
+        assert_eq!(n as usize, row_steps.len(), "one step count per row");
+        let mut state = state.shallow_clone();
+        let t_max = row_steps.iter().copied().max().unwrap_or(0);
+        for t in 0..t_max {
+            let mask = self.draw_mask(&state, noise);
+            let mask = if row_steps.iter().all(|&s| s > t) {
+                mask
+            } else {
+                let running: Vec<f32> = row_steps.iter().map(|&s| f32::from(s > t)).collect();
+                let running = Tensor::from_slice(&running)
+                    .view([n, 1, 1, 1])
+                    .to_device(state.device())
+                    .to_kind(state.kind());
+                Some(match mask {
+                    Some(m) => m * running,
+                    None => running,
+                })
+            };
+            state = self.step_masked(&state, mask.as_ref());
+        }
+        state
+    }
+
     /// Gradient checkpointing for small-memory GPUs: grows from z without keeping the
     /// autograd graph (only each step's input state and mask), calls `head` on the final
-    /// state (made a leaf) to get the scalar loss that depends on it and backpropagates
-    /// that, then walks the steps backwards recomputing one step at a time and pushing
-    /// the gradient through it (a vector-Jacobian product as `(out * grad).sum()`).
-    /// Returns (`head`'s value, a surrogate scalar `(seed * grad).sum()` still attached to
-    /// z's graph): backpropagating the surrogate, alone or summed with other terms of z's
-    /// graph such as the KL, delivers the decoder's gradient into z and the encoder.
-    /// Parameter gradients accumulate exactly as with one big backward pass, at ~4/3 the
-    /// compute; memory holds the states instead of every step's activations.
+    /// state to get the scalar loss that depends on it, then walks the steps backwards
+    /// recomputing one step at a time and asking autograd for that step's vector-Jacobian
+    /// product (`run_backward` of `(out * grad).sum()`, which returns the gradients
+    /// instead of accumulating them).
+    ///
+    /// Returns a loss to backpropagate like any other: its value is `head`'s, and its
+    /// gradient is the decoder's true one, delivered through a surrogate
+    /// `(seed * d seed).sum() + sum_p (p * d p).sum()` (constant gradients, so autograd
+    /// hands exactly them to z's graph and to the update net's parameters). Backward of
+    /// it, alone or summed with other terms such as the KL, accumulates the same gradients
+    /// as one big backward pass, at ~4/3 the compute; memory holds the states instead of
+    /// every step's activations.
     pub fn grow_recompute(
         &self,
         z: &Tensor,
         noise: &mut dyn NoiseSource,
         head: &mut dyn FnMut(&Tensor) -> Tensor,
-    ) -> (Tensor, Tensor) {
+    ) -> Tensor {
         let seed = self.seed(z);
         let mut inputs: Vec<(Tensor, Option<Tensor>)> = Vec::new(); // (step input, mask)
         let schedule = self.schedule(noise);
@@ -209,9 +260,12 @@ impl Nca {
             state
         });
         let last = last.detach().set_requires_grad(true);
-        let loss = head(&last);
-        loss.backward();
-        let mut grad = last.grad();
+        let head_loss = head(&last);
+        let mut grad = Tensor::run_backward(&[&head_loss], &[&last], false, false)
+            .pop()
+            .expect("d loss / d final state");
+        let params = self.update_net.parameters();
+        let mut param_grads: Vec<Tensor> = params.iter().map(Tensor::zeros_like).collect();
         for &double_here in schedule.iter().rev() {
             grad = if double_here {
                 // The adjoint of copying each cell into a 2x2 block: sum over the block.
@@ -222,11 +276,22 @@ impl Nca {
                 let (input, mask) = inputs.pop().expect("one stored input per step");
                 let input = input.set_requires_grad(true);
                 let out = self.step_masked(&input, mask.as_ref());
-                (out * &grad).sum(None::<tch::Kind>).backward();
-                input.grad()
+                let vjp = (out * &grad).sum(None::<tch::Kind>);
+                let wrt: Vec<&Tensor> = params.iter().chain([&input]).collect();
+                let mut grads = Tensor::run_backward(&[&vjp], &wrt, false, false);
+                let d_input = grads.pop().expect("d loss / d step input");
+                for (acc, g) in param_grads.iter_mut().zip(grads) {
+                    *acc = &*acc + g;
+                }
+                d_input
             };
         }
-        (loss.detach(), (seed * grad).sum(None::<tch::Kind>))
+        let mut surrogate = (seed * grad).sum(None::<tch::Kind>);
+        for (p, g) in params.iter().zip(&param_grads) {
+            surrogate = surrogate + (p * g).sum(None::<tch::Kind>);
+        }
+        // Value: exactly head's (x - x is 0); gradient: the surrogate's.
+        &surrogate - surrogate.detach() + head_loss.detach()
     }
 }
 

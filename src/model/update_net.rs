@@ -69,6 +69,20 @@ impl UpdateNet {
         }
     }
 
+    /// Every weight and bias, in a fixed order (for the recomputing backward pass, which
+    /// asks autograd for their gradients step by step).
+    pub fn parameters(&self) -> Vec<Tensor> {
+        let convs = std::iter::once(&self.perceive)
+            .chain(self.blocks.iter().flat_map(|(a, b)| [a, b]))
+            .chain(std::iter::once(&self.out));
+        convs
+            .flat_map(|c| {
+                std::iter::once(c.ws.shallow_clone())
+                    .chain(c.bs.as_ref().map(Tensor::shallow_clone))
+            })
+            .collect()
+    }
+
     /// state: [N, Z, H, W] -> update: [N, Z, H, W]. The residual net has no nonlinearity
     /// between the 3x3 convolution and the first block, as in the reference.
     ///

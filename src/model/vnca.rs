@@ -63,7 +63,7 @@ impl Vnca {
             .sum()
     }
 
-    /// x: [B, 1, S, S] -> q(z|x).
+    /// x: [B, C, S, S] in [0, 1] -> q(z|x).
     pub fn encode(&self, x: &Tensor) -> Posterior {
         let (mu, log_sigma) = self.encoder.forward(x);
         Posterior { mu, log_sigma }
@@ -72,6 +72,20 @@ impl Vnca {
     /// z: [N, Z] -> final cell states [N, Z, S, S].
     pub fn decode(&self, z: &Tensor, noise: &mut dyn NoiseSource) -> Tensor {
         self.nca.grow(z, noise, &mut |_| {})
+    }
+
+    /// z: [N, Z] -> final states [N, Z, S, S], row i of a non-doubling model running
+    /// `row_steps[i]` steps (one T per image in evaluation); doubling models ignore it.
+    pub fn decode_rows(
+        &self,
+        z: &Tensor,
+        row_steps: Option<&[usize]>,
+        noise: &mut dyn NoiseSource,
+    ) -> Tensor {
+        match row_steps {
+            Some(steps) => self.nca.grow_rows(&self.nca.seed(z), steps, noise),
+            None => self.decode(z, noise),
+        }
     }
 
     /// log p(x|z) of final states against images: [N, Z, S, S], [N, C, S, S] -> [N].

@@ -3,6 +3,7 @@ pub mod checkpoint;
 pub mod metrics;
 pub mod optim;
 pub mod pool;
+pub mod run_lock;
 pub mod state;
 pub mod trainer;
 

@@ -23,9 +23,17 @@ use crate::noise::NoiseSource;
 use crate::objective::{encode_and_sample, Elbo};
 use tch::{Kind, Tensor};
 
+/// The pool's (image, final state) pairs, stored compactly: two preallocated slabs of
+/// rows, images [slots, C, S, S] and states [slots, Z, S, S], and the pool order as a list
+/// of slots. A row is copied into a free slot when it enters and its slot freed when it
+/// leaves, so the pool holds exactly its slabs, whatever batches its rows came from. (Rows
+/// kept as views into their batch's tensors would keep every such batch alive: at least
+/// 4x the memory for the small MNIST preset, measured in docs/EXPERIMENTS.md.)
 pub struct Pool {
-    /// (image [C, S, S], final state [Z, S, S]), both detached, on the model's device.
-    entries: Vec<(Tensor, Tensor)>,
+    slabs: Option<(Tensor, Tensor)>,
+    /// Slots of the entries, in pool order.
+    order: Vec<i64>,
+    free: Vec<i64>,
     capacity: usize,
     damage_size: i64,
     kl: PoolKl,
@@ -34,19 +42,27 @@ pub struct Pool {
 /// Zero a `side` x `side` square of every channel of `state` [Z, H, W] at a uniformly
 /// drawn position (in place on a copy).
 pub fn damage_random(state: &Tensor, side: i64, noise: &mut dyn NoiseSource) -> Tensor {
+    let s = state.copy();
+    damage_in_place(&s, side, noise);
+    s
+}
+
+/// Zero a `side` x `side` square of every channel of `state` [Z, H, W], in place, at a
+/// position drawn from two uniforms (top, left).
+fn damage_in_place(state: &Tensor, side: i64, noise: &mut dyn NoiseSource) {
     let (h, w) = (state.size()[1], state.size()[2]);
     let u = noise.uniform(&[2]);
     let top = ((u.double_value(&[0]) * (h - side + 1) as f64) as i64).min(h - side);
     let left = ((u.double_value(&[1]) * (w - side + 1) as f64) as i64).min(w - side);
-    let s = state.copy();
-    let _ = s.narrow(1, top, side).narrow(2, left, side).zero_();
-    s
+    let _ = state.narrow(1, top, side).narrow(2, left, side).zero_();
 }
 
 impl Pool {
     pub fn new(capacity: usize, damage_size: i64, kl: PoolKl) -> Self {
         Pool {
-            entries: Vec::new(),
+            slabs: None,
+            order: Vec::new(),
+            free: Vec::new(),
             capacity,
             damage_size,
             kl,
@@ -54,11 +70,33 @@ impl Pool {
     }
 
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.order.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.order.is_empty()
+    }
+
+    /// Bytes the pool holds: its two slabs (capacity + one batch of rows once it has
+    /// been fed). The pool of the paper's MNIST preset: 1152 x (1 + 128) x 28 x 28 x 4 B.
+    pub fn bytes(&self) -> usize {
+        self.slabs.as_ref().map_or(0, |(i, s)| {
+            (i.numel() + s.numel()) * i.kind().elt_size_in_bytes()
+        })
+    }
+
+    /// Copies of the entries at pool positions `range`: images [n, C, S, S], states
+    /// [n, Z, S, S].
+    fn rows(&self, range: std::ops::Range<usize>) -> Option<(Tensor, Tensor)> {
+        let (images, states) = self.slabs.as_ref()?;
+        if range.is_empty() {
+            return None;
+        }
+        let slots = Tensor::from_slice(&self.order[range]).to_device(images.device());
+        Some((
+            images.index_select(0, &slots),
+            states.index_select(0, &slots),
+        ))
     }
 
     /// The single-sample ELBO of a batch x [B, C, S, S] with pool rows mixed in.
@@ -71,25 +109,18 @@ impl Pool {
     ) -> Elbo {
         let b = x.size()[0];
         let n_pool = b / 2;
-        let use_pool = n_pool > 0 && self.entries.len() > n_pool as usize;
+        let use_pool = n_pool > 0 && self.len() > n_pool as usize;
         let mut x = x.shallow_clone();
         let mut pool_states: Option<Tensor> = None;
         if use_pool {
-            let taken: Vec<(Tensor, Tensor)> = self.entries.drain(..n_pool as usize).collect();
-            let imgs: Vec<Tensor> = taken.iter().map(|(i, _)| i.shallow_clone()).collect();
-            let states: Vec<Tensor> = taken
-                .iter()
-                .enumerate()
-                .map(|(i, (_, s))| {
-                    if (i as i64) < b / 4 {
-                        damage_random(s, self.damage_size, noise)
-                    } else {
-                        s.shallow_clone()
-                    }
-                })
-                .collect();
-            x = Tensor::cat(&[x.narrow(0, 0, b - n_pool), Tensor::stack(&imgs, 0)], 0);
-            pool_states = Some(Tensor::stack(&states, 0)); // [B/2, Z, S, S]
+            let (imgs, states) = self.rows(0..n_pool as usize).expect("a non-empty pool");
+            let taken: Vec<i64> = self.order.drain(..n_pool as usize).collect();
+            self.free.extend(taken);
+            for i in 0..(b / 4) {
+                damage_in_place(&states.get(i), self.damage_size, noise); // a copy's row
+            }
+            x = Tensor::cat(&[x.narrow(0, 0, b - n_pool), imgs], 0);
+            pool_states = Some(states); // [B/2, Z, S, S]
         }
         let (q, z) = encode_and_sample(model, &x, noise); // z: [B, Z]
         let mut seeds = model.nca.seed(&z); // [B, Z, S, S]
@@ -115,60 +146,89 @@ impl Pool {
         }
     }
 
+    /// At least `n` free slots, growing the slabs (images like `x`'s rows, states like
+    /// `state`'s) when there are not.
+    fn reserve(&mut self, n: usize, x: &Tensor, state: &Tensor) {
+        if self.free.len() >= n {
+            return;
+        }
+        let have = self.slabs.as_ref().map_or(0, |(i, _)| i.size()[0]);
+        let want = (self.capacity + n).max(have as usize + n - self.free.len()) as i64;
+        let grow = |old: Option<&Tensor>, like: &Tensor| {
+            let mut shape = like.size();
+            shape[0] = want;
+            let slab = Tensor::zeros(&shape, (like.kind(), like.device()));
+            if let Some(old) = old {
+                slab.narrow(0, 0, have).copy_(old);
+            }
+            slab
+        };
+        let slabs = (
+            grow(self.slabs.as_ref().map(|s| &s.0), x),
+            grow(self.slabs.as_ref().map(|s| &s.1), state),
+        );
+        self.slabs = Some(slabs);
+        self.free.extend(have..want);
+    }
+
     /// Append the batch's (image, final state) pairs, shuffle, keep `capacity`.
     fn give_back(&mut self, x: &Tensor, state: &Tensor, noise: &mut dyn NoiseSource) {
-        let (x, state) = (x.detach(), state.detach());
-        for i in 0..x.size()[0] {
-            self.entries.push((x.get(i), state.get(i)));
-        }
+        let b = x.size()[0] as usize;
+        self.reserve(b, x, state);
+        // Lowest free slots first, so the slots used do not depend on the free list's history.
+        self.free.sort_unstable_by(|a, b| b.cmp(a));
+        let slots: Vec<i64> = (0..b).map(|_| self.free.pop().expect("reserved")).collect();
+        let (mut images, mut states) = {
+            let (i, s) = self.slabs.as_ref().expect("reserved");
+            (i.shallow_clone(), s.shallow_clone()) // handles on the same storage
+        };
+        let index = Tensor::from_slice(&slots).to_device(images.device());
+        tch::no_grad(|| {
+            let _ = images.index_copy_(0, &index, &x.detach().to_kind(images.kind()));
+            let _ = states.index_copy_(0, &index, &state.detach().to_kind(states.kind()));
+        });
+        self.order.extend(slots);
         // Fisher-Yates with the run's noise stream (reproducible, resumable).
-        let n = self.entries.len();
+        let n = self.order.len();
         let u = Vec::<f32>::try_from(noise.uniform(&[n as i64])).unwrap_or_default();
         for i in (1..n).rev() {
             let j = ((u[i] as f64 * (i + 1) as f64) as usize).min(i);
-            self.entries.swap(i, j);
+            self.order.swap(i, j);
         }
-        self.entries.truncate(self.capacity);
+        let dropped = self.order.split_off(self.order.len().min(self.capacity));
+        self.free.extend(dropped);
     }
 
     /// The pool's contents as two stacked tensors, images [N, C, S, S] and final states
     /// [N, Z, S, S] (None when empty), in pool order, for checkpoints.
     pub fn to_tensors(&self) -> Option<(Tensor, Tensor)> {
-        if self.entries.is_empty() {
-            return None;
-        }
-        let imgs: Vec<Tensor> = self
-            .entries
-            .iter()
-            .map(|(i, _)| i.shallow_clone())
-            .collect();
-        let states: Vec<Tensor> = self
-            .entries
-            .iter()
-            .map(|(_, s)| s.shallow_clone())
-            .collect();
-        Some((Tensor::stack(&imgs, 0), Tensor::stack(&states, 0)))
+        self.rows(0..self.len())
     }
 
     /// Refill the pool from `to_tensors`' output (e.g. read back from a checkpoint), moved
     /// to `device`; the order is kept, so a resumed run draws the same entries.
     pub fn restore(&mut self, images: &Tensor, states: &Tensor, device: tch::Device) {
-        let (images, states) = (images.to_device(device), states.to_device(device));
-        self.entries = (0..images.size()[0])
-            .map(|i| (images.get(i), states.get(i)))
-            .collect();
-        self.entries.truncate(self.capacity);
+        let n = (images.size()[0] as usize).min(self.capacity) as i64;
+        self.slabs = None;
+        self.order.clear();
+        self.free.clear();
+        let (images, states) = (
+            images.narrow(0, 0, n).to_device(device),
+            states.narrow(0, 0, n).to_device(device),
+        );
+        self.reserve(n as usize, &images, &states);
+        let (slab_i, slab_s) = self.slabs.as_ref().expect("reserved");
+        tch::no_grad(|| {
+            slab_i.narrow(0, 0, n).copy_(&images);
+            slab_s.narrow(0, 0, n).copy_(&states);
+        });
+        self.free.retain(|&slot| slot >= n);
+        self.order = (0..n).collect();
     }
 
     /// Up to `n` pool states [n, Z, S, S] for pictures.
     pub fn states(&self, n: usize) -> Option<Tensor> {
-        let v: Vec<Tensor> = self
-            .entries
-            .iter()
-            .take(n)
-            .map(|(_, s)| s.shallow_clone())
-            .collect();
-        (!v.is_empty()).then(|| Tensor::stack(&v, 0))
+        self.rows(0..n.min(self.len())).map(|(_, s)| s)
     }
 }
 
@@ -233,6 +293,32 @@ mod tests {
             + f.kl.narrow(0, 0, 2).mean(Kind::Float).double_value(&[]);
         assert!((f.loss.double_value(&[]) - want).abs() < 1e-3);
         assert_eq!(pool.states(3).unwrap().size(), [3, 8, 28, 28]);
+    }
+
+    /// The pool's memory is its two slabs, capacity + one batch of rows, however many
+    /// batches have passed through it (rows are copied in, not kept as batch views).
+    #[test]
+    fn pool_memory_is_capacity_plus_one_batch_of_rows() {
+        let model = grid_model();
+        let mut pool = Pool::new(10, 14, PoolKl::Reference);
+        let mut noise = Noise::new(2);
+        let x = Tensor::rand([4, 1, 28, 28], (Kind::Float, tch::Device::Cpu))
+            .lt(0.3)
+            .to_kind(Kind::Float);
+        let row_bytes = (1 + 8) * 28 * 28 * 4;
+        for step in 0..12 {
+            let _ = pool.elbo(&model, &x, 1.0, &mut noise);
+            assert_eq!(pool.bytes(), (10 + 4) * row_bytes, "step {step}");
+        }
+        // Every entry is a distinct slot, and entries + free slots are all the slots.
+        let mut slots: Vec<i64> = pool.order.iter().chain(&pool.free).copied().collect();
+        slots.sort_unstable();
+        assert_eq!(slots, (0..14).collect::<Vec<i64>>());
+        // The states stored are the batch's final states: taking them back and growing
+        // them 0 further steps is what `states` returns, and they are not all equal.
+        let s = pool.states(10).unwrap();
+        assert_eq!(s.size(), [10, 8, 28, 28]);
+        assert!(s.get(0).ne_tensor(&s.get(1)).any().int64_value(&[]) == 1);
     }
 
     #[test]

@@ -9,6 +9,7 @@ use super::checkpoint::{self, Loaded, Meta};
 use super::metrics::{MetricsLog, Record};
 use super::optim::{clip_grad_norm, zero_grad, Adam, Params};
 use super::pool::Pool;
+use super::run_lock::RunLock;
 use super::state::TrainState;
 use crate::config::Config;
 use crate::dataset::{self, EpochSampler, Split};
@@ -16,7 +17,7 @@ use crate::eval;
 use crate::figures::grid::write_grid;
 use crate::model::Vnca;
 use crate::noise::Noise;
-use crate::objective::{elbo, elbo_backward_recompute};
+use crate::objective::{elbo, elbo_recompute};
 use anyhow::{bail, Context};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::path::{Path, PathBuf};
@@ -65,6 +66,7 @@ pub fn best_path(out: &Path) -> PathBuf {
 pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> {
     std::fs::create_dir_all(&opts.out)
         .with_context(|| format!("cannot create output directory `{}`", opts.out.display()))?;
+    let _lock = RunLock::acquire(&opts.out)?; // held until training returns
     if !opts.resume && !opts.overwrite && latest_path(&opts.out).exists() {
         bail!(
             "`{}` already holds a run; pass --resume to continue it, or --overwrite to start over and replace its checkpoints",
@@ -123,7 +125,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         let terms = if let Some(pool) = pool.as_mut() {
             pool.elbo(&model, &x, t.beta, &mut state.noise)
         } else if t.grad_checkpointing {
-            elbo_backward_recompute(&model, &x, t.beta, &mut state.noise)
+            elbo_recompute(&model, &x, t.beta, &mut state.noise)
         } else {
             elbo(&model, &x, t.beta, &mut state.noise)
         };
@@ -131,9 +133,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         if !loss.is_finite() {
             bail!(non_finite(state.step + 1, "loss", loss, &opts.out));
         }
-        if !t.grad_checkpointing {
-            terms.loss.backward();
-        }
+        terms.loss.backward();
         let norm = clip_grad_norm(&params, t.grad_clip);
         if !norm.is_finite() {
             bail!(non_finite(state.step + 1, "gradient norm", norm, &opts.out));
@@ -153,7 +153,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         bar.set_position(state.step);
         bar.set_message(format!("loss {loss:.2}"));
         interrupted = INTERRUPTED.load(Ordering::SeqCst);
-        if state.step % t.eval_every == 0 || state.step == t.steps || interrupted {
+        if state.step.is_multiple_of(t.eval_every) || state.step == t.steps || interrupted {
             let saved_pool = pool
                 .as_ref()
                 .filter(|_| t.pool.as_ref().is_some_and(|p| p.save));
@@ -162,12 +162,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
             )?;
         }
         if interrupted {
-            bar.println(format!(
-                "interrupted: saved `{}` at step {}",
-                latest_path(&opts.out).display(),
-                state.step
-            ));
-            break;
+            break; // `latest` was saved above; the caller says how to continue
         }
     }
     bar.finish();
@@ -274,13 +269,16 @@ fn evaluate_and_save(
 ) -> anyhow::Result<()> {
     let t = &cfg.train;
     let mut noise = Noise::new(EVAL_SEED);
+    let eval_opts = eval::EvalOptions {
+        limit: Some(t.eval_images),
+        batch: t.batch_size,
+        max_decode: MAX_DECODE,
+    };
     let report = eval::nll(
         model,
         val,
-        Some(t.eval_images),
         t.eval_iw_samples,
-        t.batch_size,
-        MAX_DECODE,
+        &eval_opts,
         &mut noise,
         &mut |_| {},
     );

@@ -11,22 +11,33 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Hands out pre-recorded noise tensors in order (the PyTorch fixture's eps).
+/// Hands out pre-recorded noise tensors in order (the PyTorch fixture's eps). A request
+/// for fewer leading rows than the next tensor has takes those rows and keeps the rest
+/// for the next request (evaluation draws its noise image by image).
 pub struct FixedNoise(pub VecDeque<Tensor>);
+
+impl FixedNoise {
+    fn next(&mut self, shape: &[i64]) -> Tensor {
+        let t = self.0.pop_front().expect("fixture noise exhausted");
+        let size = t.size();
+        if size.len() == shape.len() && size[1..] == shape[1..] && shape[0] < size[0] {
+            self.0.push_front(t.narrow(0, shape[0], size[0] - shape[0]));
+            return t.narrow(0, 0, shape[0]);
+        }
+        assert_eq!(size, shape, "fixture noise shape");
+        t
+    }
+}
 
 impl NoiseSource for FixedNoise {
     fn normal(&mut self, shape: &[i64]) -> Tensor {
-        let t = self.0.pop_front().expect("fixture noise exhausted");
-        assert_eq!(t.size(), shape, "fixture noise shape");
-        t
+        self.next(shape)
     }
     fn mask(&mut self, _shape: &[i64], _p: f64) -> Tensor {
         panic!("the fixtures use p_update = 1: no mask expected")
     }
     fn uniform(&mut self, shape: &[i64]) -> Tensor {
-        let t = self.0.pop_front().expect("fixture noise exhausted");
-        assert_eq!(t.size(), shape, "fixture noise shape");
-        t
+        self.next(shape)
     }
 }
 
