@@ -177,6 +177,17 @@ pub enum EncoderInput {
     Signed,
 }
 
+impl ModelConfig {
+    /// Number of doublings from the 2x2 seed to `image_size` (4 for 32x32; 0 for the
+    /// non-doubling decoder).
+    pub fn n_doublings(&self) -> usize {
+        match self.decoder {
+            DecoderKind::Doubling => (self.image_size as u64).trailing_zeros() as usize - 1,
+            DecoderKind::NonDoubling => 0,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
@@ -360,198 +371,151 @@ impl Config {
         toml::to_string_pretty(self).expect("a Config always serializes to TOML")
     }
 
-    /// Number of doublings from the 2x2 seed to `image_size` (4 for 32x32; 0 for the
-    /// non-doubling decoder).
+    /// Number of doublings from the 2x2 seed to `image_size` (see `ModelConfig::n_doublings`).
     pub fn n_doublings(&self) -> usize {
-        match self.model.decoder {
-            DecoderKind::Doubling => (self.model.image_size as u64).trailing_zeros() as usize - 1,
-            DecoderKind::NonDoubling => 0,
-        }
+        self.model.n_doublings()
     }
 
+    /// Every section checks its own fields, then the checks that span sections.
     fn validate(&self, origin: &str) -> Result<(), ConfigError> {
-        let bad = |field: &'static str, msg: String| {
-            Err(ConfigError::Invalid {
-                origin: origin.to_string(),
-                field,
-                msg,
-            })
+        let bad = |field: &'static str, msg: String| ConfigError::Invalid {
+            origin: origin.to_string(),
+            field,
+            msg,
         };
+        self.model.validate().map_err(|(f, m)| bad(f, m))?;
+        self.data.validate().map_err(|(f, m)| bad(f, m))?;
+        self.train.validate().map_err(|(f, m)| bad(f, m))?;
+        self.validate_across().map_err(|(f, m)| bad(f, m))
+    }
+
+    /// The data set fixes the likelihood; the pool needs the non-doubling decoder.
+    fn validate_across(&self) -> Invalid {
         let m = &self.model;
+        let want = match self.data.dataset.as_str() {
+            "binarized-mnist" => LikelihoodKind::Bernoulli,
+            "emoji" | "celeba" | "folder" => LikelihoodKind::Dml,
+            other => {
+                return Err((
+                    "data.dataset",
+                    format!("`{other}` (supported: binarized-mnist, emoji, celeba, folder)"),
+                ))
+            }
+        };
+        if want != m.likelihood {
+            return Err((
+                "model.likelihood",
+                format!(
+                    "{:?} does not fit data set `{}` (use {want:?})",
+                    m.likelihood, self.data.dataset
+                ),
+            ));
+        }
+        if let Some(pool) = &self.train.pool {
+            if m.decoder != DecoderKind::NonDoubling {
+                return Err((
+                    "train.pool",
+                    "pool training needs decoder = \"non-doubling\"".into(),
+                ));
+            }
+            if self.train.grad_checkpointing {
+                return Err((
+                    "train.pool",
+                    "not supported together with grad_checkpointing".into(),
+                ));
+            }
+            if pool.damage_size < 1 || pool.damage_size > m.image_size {
+                return Err((
+                    "train.pool.damage_size",
+                    format!("{} (must be in 1..={})", pool.damage_size, m.image_size),
+                ));
+            }
+            if pool.size < self.train.batch_size as usize {
+                return Err((
+                    "train.pool.size",
+                    format!("{} (must be >= batch_size)", pool.size),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A field that failed validation and why: `Config::validate` adds the file's name.
+type Invalid = Result<(), (&'static str, String)>;
+
+impl ModelConfig {
+    fn validate(&self) -> Invalid {
+        let m = self;
         if m.z_dim < 1 {
-            return bad("model.z_dim", format!("{} (must be >= 1)", m.z_dim));
+            return Err(("model.z_dim", format!("{} (must be >= 1)", m.z_dim)));
         }
         if m.hidden < 1 {
-            return bad("model.hidden", format!("{} (must be >= 1)", m.hidden));
+            return Err(("model.hidden", format!("{} (must be >= 1)", m.hidden)));
         }
         if m.encoder_width < 1 {
-            return bad(
+            return Err((
                 "model.encoder_width",
                 format!("{} (must be >= 1)", m.encoder_width),
-            );
+            ));
         }
         let want_channels = match m.likelihood {
             LikelihoodKind::Bernoulli => 1,
             LikelihoodKind::Dml => 3,
         };
         if m.channels != want_channels {
-            return bad(
+            return Err((
                 "model.channels",
                 format!(
                     "{} (the {:?} likelihood models {want_channels}-channel images)",
                     m.channels, m.likelihood
                 ),
-            );
+            ));
         }
         if m.likelihood == LikelihoodKind::Dml && (m.n_mix < 1 || 10 * m.n_mix > m.z_dim) {
-            return bad(
+            return Err((
                 "model.n_mix",
                 format!(
                     "{} (needs 1 <= n_mix and 10 * n_mix <= z_dim = {})",
                     m.n_mix, m.z_dim
                 ),
-            );
+            ));
         }
         let s = m.image_size;
         match m.decoder {
             DecoderKind::Doubling if s < 16 || (s as u64).count_ones() != 1 => {
-                return bad(
+                return Err((
                     "model.image_size",
                     format!("{s} (the doubling decoder needs a power of two >= 16)"),
-                );
+                ));
             }
             DecoderKind::NonDoubling if !(16..=512).contains(&s) || (s % 16) % 2 == 1 => {
-                return bad(
+                return Err((
                     "model.image_size",
                     format!("{s} (must be even and in 16..=512: the encoder pads it to a multiple of 16)"),
-                );
+                ));
             }
             DecoderKind::NonDoubling if m.min_steps == 0 || m.max_steps < m.min_steps => {
-                return bad(
+                return Err((
                     "model.min_steps/max_steps",
                     format!(
                         "{}..={} (need 1 <= min_steps <= max_steps)",
                         m.min_steps, m.max_steps
                     ),
-                );
+                ));
             }
             _ => {}
         }
         if m.steps_per_stage == 0 {
-            return bad("model.steps_per_stage", "0 (must be >= 1)".into());
+            return Err(("model.steps_per_stage", "0 (must be >= 1)".into()));
         }
         if !(m.p_update > 0.0 && m.p_update <= 1.0) {
-            return bad(
+            return Err((
                 "model.p_update",
                 format!("{} (must be in (0, 1])", m.p_update),
-            );
+            ));
         }
-        let want = match self.data.dataset.as_str() {
-            "binarized-mnist" => LikelihoodKind::Bernoulli,
-            "emoji" | "celeba" | "folder" => LikelihoodKind::Dml,
-            other => {
-                return bad(
-                    "data.dataset",
-                    format!("`{other}` (supported: binarized-mnist, emoji, celeba, folder)"),
-                )
-            }
-        };
-        if want != m.likelihood {
-            return bad(
-                "model.likelihood",
-                format!(
-                    "{:?} does not fit data set `{}` (use {want:?})",
-                    m.likelihood, self.data.dataset
-                ),
-            );
-        }
-        if !(0.0..1.0).contains(&self.data.valid_fraction) {
-            return bad(
-                "data.valid_fraction",
-                format!("{} (must be in [0, 1))", self.data.valid_fraction),
-            );
-        }
-        let splits = ["train", "valid", "test"];
-        for sp in self.data.train_splits.iter().chain([&self.data.val_split]) {
-            if !splits.contains(&sp.as_str()) {
-                return bad(
-                    "data.train_splits/val_split",
-                    format!("`{sp}` (splits: train, valid, test)"),
-                );
-            }
-        }
-        if self.data.train_splits.is_empty() {
-            return bad("data.train_splits", "empty".into());
-        }
-        if self.data.train_splits.contains(&self.data.val_split) {
-            return bad(
-                "data.val_split",
-                format!(
-                    "`{}` is also trained on; validation must be held out",
-                    self.data.val_split
-                ),
-            );
-        }
-        let t = &self.train;
-        if t.batch_size < 1 {
-            return bad(
-                "train.batch_size",
-                format!("{} (must be >= 1)", t.batch_size),
-            );
-        }
-        if !(t.lr > 0.0 && t.lr.is_finite()) {
-            return bad("train.lr", format!("{} (must be > 0)", t.lr));
-        }
-        if t.grad_clip.is_nan() || t.grad_clip <= 0.0 {
-            return bad("train.grad_clip", format!("{} (must be > 0)", t.grad_clip));
-        }
-        if !(t.beta >= 0.0 && t.beta.is_finite()) {
-            return bad("train.beta", format!("{} (must be >= 0)", t.beta));
-        }
-        if t.adam_betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            return bad(
-                "train.adam_betas",
-                format!("{:?} (each in [0, 1))", t.adam_betas),
-            );
-        }
-        if t.eval_every == 0 {
-            return bad("train.eval_every", "0 (must be >= 1)".into());
-        }
-        if let Some(pool) = &t.pool {
-            if m.decoder != DecoderKind::NonDoubling {
-                return bad(
-                    "train.pool",
-                    "pool training needs decoder = \"non-doubling\"".into(),
-                );
-            }
-            if t.grad_checkpointing {
-                return bad(
-                    "train.pool",
-                    "not supported together with grad_checkpointing".into(),
-                );
-            }
-            if pool.damage_size < 1 || pool.damage_size > m.image_size {
-                return bad(
-                    "train.pool.damage_size",
-                    format!("{} (must be in 1..={})", pool.damage_size, m.image_size),
-                );
-            }
-            if pool.size < t.batch_size as usize {
-                return bad(
-                    "train.pool.size",
-                    format!("{} (must be >= batch_size)", pool.size),
-                );
-            }
-        }
-        if t.eval_iw_samples < 1 {
-            return bad(
-                "train.eval_iw_samples",
-                format!("{} (must be >= 1)", t.eval_iw_samples),
-            );
-        }
-        // Typo guards, far above the paper's sizes (Z = hidden = 256, width 32, 32x32, batch
-        // 32): a stray extra digit fails here instead of aborting the process in an
-        // allocation of terabytes while the model or the first batch is built.
+        let s = m.image_size;
         let limits = [
             ("model.z_dim", m.z_dim, 4096),
             ("model.hidden", m.hidden, 4096),
@@ -562,15 +526,91 @@ impl Config {
                 64,
             ),
             ("model.image_size", s, 512),
-            ("train.batch_size", t.batch_size, 65536),
         ];
-        for (field, value, max) in limits {
-            if value > max {
-                return bad(field, format!("{value} (must be <= {max})"));
+        below_limits(&limits)
+    }
+}
+
+impl DataConfig {
+    fn validate(&self) -> Invalid {
+        if !(0.0..1.0).contains(&self.valid_fraction) {
+            return Err((
+                "data.valid_fraction",
+                format!("{} (must be in [0, 1))", self.valid_fraction),
+            ));
+        }
+        let splits = ["train", "valid", "test"];
+        for sp in self.train_splits.iter().chain([&self.val_split]) {
+            if !splits.contains(&sp.as_str()) {
+                return Err((
+                    "data.train_splits/val_split",
+                    format!("`{sp}` (splits: train, valid, test)"),
+                ));
             }
+        }
+        if self.train_splits.is_empty() {
+            return Err(("data.train_splits", "empty".into()));
+        }
+        if self.train_splits.contains(&self.val_split) {
+            return Err((
+                "data.val_split",
+                format!(
+                    "`{}` is also trained on; validation must be held out",
+                    self.val_split
+                ),
+            ));
         }
         Ok(())
     }
+}
+
+impl TrainConfig {
+    fn validate(&self) -> Invalid {
+        let t = self;
+        if t.batch_size < 1 {
+            return Err((
+                "train.batch_size",
+                format!("{} (must be >= 1)", t.batch_size),
+            ));
+        }
+        if !(t.lr > 0.0 && t.lr.is_finite()) {
+            return Err(("train.lr", format!("{} (must be > 0)", t.lr)));
+        }
+        if t.grad_clip.is_nan() || t.grad_clip <= 0.0 {
+            return Err(("train.grad_clip", format!("{} (must be > 0)", t.grad_clip)));
+        }
+        if !(t.beta >= 0.0 && t.beta.is_finite()) {
+            return Err(("train.beta", format!("{} (must be >= 0)", t.beta)));
+        }
+        if t.adam_betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            return Err((
+                "train.adam_betas",
+                format!("{:?} (each in [0, 1))", t.adam_betas),
+            ));
+        }
+        if t.eval_every == 0 {
+            return Err(("train.eval_every", "0 (must be >= 1)".into()));
+        }
+        if t.eval_iw_samples < 1 {
+            return Err((
+                "train.eval_iw_samples",
+                format!("{} (must be >= 1)", t.eval_iw_samples),
+            ));
+        }
+        below_limits(&[("train.batch_size", t.batch_size, 65536)])
+    }
+}
+
+/// Typo guards, far above the paper's sizes (Z = hidden = 256, width 32, 32x32, batch 32):
+/// a stray extra digit fails here instead of aborting the process in an allocation of
+/// terabytes while the model or the first batch is built.
+fn below_limits(limits: &[(&'static str, i64, i64)]) -> Invalid {
+    for &(field, value, max) in limits {
+        if value > max {
+            return Err((field, format!("{value} (must be <= {max})")));
+        }
+    }
+    Ok(())
 }
 
 /// " (line L, column C: `the line`)" for a TOML error span, so users find the bad key

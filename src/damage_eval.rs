@@ -6,9 +6,9 @@
 //! step counts. Reported as mean and standard error over the images, in nats per image.
 use crate::dataset::Split;
 use crate::eval::summarize;
+use crate::model::nca::damage_random;
 use crate::model::Vnca;
 use crate::noise::NoiseSource;
-use crate::train::pool::damage_random;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
@@ -63,16 +63,11 @@ pub fn damage_eval(
                 scores[k].extend(Vec::<f64>::try_from(lp).expect("f64 scores"));
             };
             push(0, &state);
-            let damaged: Vec<Tensor> = (0..len)
-                .map(|i| damage_random(&state.get(i), damage_size, noise))
-                .collect();
-            state = Tensor::stack(&damaged, 0);
+            state = damage_random(&state, damage_size, noise);
             push(1, &state);
             let mut done = 0;
             for (k, &target) in steps.iter().enumerate() {
-                for _ in done..target {
-                    state = model.nca.step(&state, noise);
-                }
+                state = model.nca.run_steps(&state, target - done, noise);
                 done = target;
                 push(2 + k, &state);
             }

@@ -1,6 +1,6 @@
 //! Training and evaluation objectives (PAPER.md 5.1-5.2), in nats per image.
 use crate::likelihood::gaussian;
-use crate::model::vnca::Posterior;
+use crate::model::Posterior;
 use crate::model::Vnca;
 use crate::noise::NoiseSource;
 use tch::{Kind, Tensor};

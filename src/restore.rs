@@ -1,8 +1,8 @@
 //! Loading a trained model for evaluation, sampling or figures, from a run's checkpoint
 //! (which carries its config) or from a bare safetensors weights file plus a config.
+use crate::checkpoint::Loaded;
 use crate::config::Config;
 use crate::model::Vnca;
-use crate::train::checkpoint::Loaded;
 use anyhow::Context;
 use std::path::Path;
 use tch::Device;

@@ -3,9 +3,9 @@ mod common;
 
 use std::path::Path;
 use tch::Device;
+use vnca::checkpoint::{self, Loaded, Meta};
 use vnca::config::Config;
 use vnca::model::Vnca;
-use vnca::train::checkpoint::{self, Loaded, Meta};
 use vnca::train::{train, TrainOptions};
 
 fn tiny(steps: u64, eval_every: u64) -> Config {

@@ -5,10 +5,10 @@
 //! the previous `latest` checkpoint intact, and that checkpoint must resume.
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use vnca::checkpoint::Loaded;
+use vnca::checkpoint::TrainState;
 use vnca::config::Config;
 use vnca::model::Vnca;
-use vnca::train::checkpoint::Loaded;
-use vnca::train::state::TrainState;
 
 fn manifest() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -5,11 +5,11 @@ mod common;
 
 use common::{fixture, rel_err};
 use tch::{Device, Kind, Tensor};
+use vnca::checkpoint::Loaded;
 use vnca::config::{Config, EncoderInput};
 use vnca::model::Vnca;
 use vnca::noise::Noise;
 use vnca::objective::{iwae, posterior_mean_terms};
-use vnca::train::checkpoint::Loaded;
 
 /// The fixture's colour doubling model: the `emoji-doubling-small` architecture at
 /// Z = 12, hidden 16, encoder width 4, 16x16 RGB, 2 steps per stage.

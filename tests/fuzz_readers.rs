@@ -21,10 +21,10 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
+use vnca::checkpoint::{self, CheckpointError, Loaded, Meta};
 use vnca::config::Config;
 use vnca::data::{self, BinarizedMnist, ImageSet};
 use vnca::model::Vnca;
-use vnca::train::checkpoint::{self, CheckpointError, Loaded, Meta};
 
 // ---------------------------------------------------------------------------------------
 // Allocation guard: the largest single allocation request made by this thread.

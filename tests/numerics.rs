@@ -4,10 +4,10 @@ mod common;
 
 use common::{fixture, rel_err, FixedNoise};
 use tch::{Device, Kind, Tensor};
+use vnca::checkpoint::Loaded;
 use vnca::config::Config;
 use vnca::model::Vnca;
 use vnca::objective::{elbo, iwae};
-use vnca::train::checkpoint::Loaded;
 
 const TOL: f64 = 1e-4;
 

@@ -7,11 +7,11 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+use vnca::checkpoint::Loaded;
+use vnca::checkpoint::TrainState;
 use vnca::config::Config;
 use vnca::data::{self, BinarizedMnist, ImageSet};
 use vnca::model::Vnca;
-use vnca::train::checkpoint::Loaded;
-use vnca::train::state::TrainState;
 
 fn manifest() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -344,7 +344,8 @@ fn unwritable_or_impossible_output_paths_fail_with_one_line() {
     if enforced || nobody_works {
         let err = train_as(runner(), &ro);
         assert!(
-            err.contains(s(&ro.join("config.toml"))) && err.contains("Permission denied"),
+            // The first file a run writes is its lock.
+            err.contains(s(&ro.join(".lock"))) && err.contains("Permission denied"),
             "{err}"
         );
         assert_eq!(err.matches("Permission denied").count(), 1, "{err}");

@@ -742,11 +742,11 @@ async fn switching_models_and_interpolating_regrow() {
     // One model through a checkpoint file, as `vnca serve --checkpoint` loads it.
     let (model, cfg) = tiny_model(4);
     let path = dir.path().join("best.safetensors");
-    let meta = vnca::train::checkpoint::Meta {
+    let meta = vnca::checkpoint::Meta {
         config: Some(cfg.to_toml()),
         state: None,
     };
-    vnca::train::checkpoint::save(&path, &model, &Default::default(), &meta).unwrap();
+    vnca::checkpoint::save(&path, &model, &Default::default(), &meta).unwrap();
     let mut models = serve::load_models(&[path], Device::Cpu).unwrap();
     assert_eq!(
         models[0].name,

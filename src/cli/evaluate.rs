@@ -6,7 +6,6 @@ use crate::eval;
 use crate::noise::Noise;
 use crate::restore::load_model;
 use clap::Args;
-use indicatif::{ProgressBar, ProgressStyle};
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
@@ -107,14 +106,7 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
     } else {
         a.iw_samples.len() as u64
     };
-    let bar = if a.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(n * passes)
-    };
-    bar.set_style(ProgressStyle::with_template(
-        "{elapsed_precise} [{bar:30}] {pos}/{len} images ETA {eta} {msg}",
-    )?);
+    let bar = crate::progress::bar(n * passes, "images", a.json);
     let labels = split.labels.as_ref().map(|l| {
         Vec::<i64>::try_from(l.narrow(0, 0, n as i64).to_kind(tch::Kind::Int64)).unwrap_or_default()
     });
@@ -221,7 +213,7 @@ fn write_csv(
         text.push_str(&row);
         text.push('\n');
     }
-    crate::train::checkpoint::write_atomic(path, text.as_bytes())
+    crate::checkpoint::write_atomic(path, text.as_bytes())
         .map_err(|e| anyhow::anyhow!("--per-example `{}`: {e}", path.display()))
 }
 

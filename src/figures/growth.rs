@@ -1,6 +1,7 @@
 //! Growth and damage-recovery sequences: every NCA state of a few samples rendered as the
 //! likelihood's mean, smaller grids centred on a black canvas of the final size (as the
 //! reference's figures), as a frame grid (PNG) and an animation (GIF).
+use crate::model::nca::damage;
 use crate::model::Vnca;
 use crate::noise::NoiseSource;
 use tch::Tensor;
@@ -31,13 +32,6 @@ pub fn growth_frames(
         })
     });
     (frames, last)
-}
-
-/// Erase a `side` x `side` square of cells (every channel set to 0) at (top, left).
-pub fn damage(state: &Tensor, top: i64, left: i64, side: i64) -> Tensor {
-    let s = state.copy();
-    let _ = s.narrow(2, top, side).narrow(3, left, side).zero_();
-    s
 }
 
 /// Damage the final states and run `steps` more NCA steps at full size: frames

@@ -1,4 +1,5 @@
-//! The NCA decoders (PAPER.md 3.2-3.4): one growth loop, two ways to grow.
+//! The NCA decoders (docs/REFERENCE.md §2): one growth loop, two ways to grow, and the
+//! damage that the non-doubling model learns to regrow from.
 //!
 //! - Doubling (the reference's `MitosisNCA`): z is copied into every cell of a 2x2 grid;
 //!   the cells run `steps_per_stage` NCA steps; then every cell divides into a 2x2 block
@@ -11,7 +12,7 @@
 //!
 //! A step is `state + update(state) * mask`, the mask choosing which cells update
 //! (all of them when p_update = 1, in which case no mask is drawn at all).
-use super::update_net::UpdateNet;
+use super::UpdateNet;
 use crate::config::{DecoderKind, ModelConfig};
 use crate::noise::NoiseSource;
 use tch::{nn, Tensor};
@@ -36,6 +37,41 @@ enum Growth {
     },
 }
 
+/// Erase a `side` x `side` square of cells (every channel set to 0) at (top, left), in
+/// place: state [..., Z, H, W].
+pub fn erase_(state: &Tensor, top: i64, left: i64, side: i64) {
+    let (h, w) = (state.dim() as i64 - 2, state.dim() as i64 - 1);
+    let _ = state.narrow(h, top, side).narrow(w, left, side).zero_();
+}
+
+/// A copy of `state` [..., Z, H, W] with a `side` x `side` square erased at (top, left).
+pub fn damage(state: &Tensor, top: i64, left: i64, side: i64) -> Tensor {
+    let s = state.copy();
+    erase_(&s, top, left, side);
+    s
+}
+
+/// Where a `side` x `side` square goes in an `h` x `w` grid, uniformly, from two uniform
+/// draws: (top, left).
+pub fn random_square(h: i64, w: i64, side: i64, noise: &mut dyn NoiseSource) -> (i64, i64) {
+    let u = noise.uniform(&[2]);
+    let top = ((u.double_value(&[0]) * (h - side + 1) as f64) as i64).min(h - side);
+    let left = ((u.double_value(&[1]) * (w - side + 1) as f64) as i64).min(w - side);
+    (top, left)
+}
+
+/// A copy of the states [N, Z, H, W] with a `side` x `side` square erased at an
+/// independent random place in each (the paper's damage, docs/REFERENCE.md §4.1).
+pub fn damage_random(states: &Tensor, side: i64, noise: &mut dyn NoiseSource) -> Tensor {
+    let s = states.copy();
+    let (h, w) = (s.size()[2], s.size()[3]);
+    for i in 0..s.size()[0] {
+        let (top, left) = random_square(h, w, side, noise);
+        erase_(&s.get(i), top, left, side);
+    }
+    s
+}
+
 /// Each cell becomes a 2x2 block of copies: [N, C, H, W] -> [N, C, 2H, 2W]
 /// (`repeat_interleave` twice in the reference; nearest upsampling is the same map).
 pub fn double(state: &Tensor) -> Tensor {
@@ -48,7 +84,7 @@ impl Nca {
         let growth = match cfg.decoder {
             DecoderKind::Doubling => Growth::Doubling {
                 steps_per_stage: cfg.steps_per_stage,
-                n_doublings: (cfg.image_size as u64).trailing_zeros() as usize - 1,
+                n_doublings: cfg.n_doublings(),
             },
             DecoderKind::NonDoubling => Growth::Grid {
                 size: cfg.image_size,
@@ -99,6 +135,12 @@ impl Nca {
     pub fn step(&self, state: &Tensor, noise: &mut dyn NoiseSource) -> Tensor {
         let mask = self.draw_mask(state, noise);
         self.step_masked(state, mask.as_ref())
+    }
+
+    /// `k` more NCA steps at the grid's current size (recovery after damage, and a grown
+    /// model left running): [N, Z, H, W] -> [N, Z, H, W].
+    pub fn run_steps(&self, state: &Tensor, k: usize, noise: &mut dyn NoiseSource) -> Tensor {
+        (0..k).fold(state.shallow_clone(), |s, _| self.step(&s, noise))
     }
 
     /// The seed grid: z in every cell of a 2x2 grid (doubling) or of the full grid
@@ -288,7 +330,7 @@ impl Nca {
         }
         let mut surrogate = (seed * grad).sum(None::<tch::Kind>);
         for (p, g) in params.iter().zip(&param_grads) {
-            surrogate = surrogate + (p * g).sum(None::<tch::Kind>);
+            surrogate += (p * g).sum(None::<tch::Kind>);
         }
         // Value: exactly head's (x - x is 0); gradient: the surrogate's.
         &surrogate - surrogate.detach() + head_loss.detach()
@@ -321,6 +363,37 @@ mod tests {
         // seed + 2 steps, then (doubled + 2 steps) x 4: 1 + 2 + 4 * 3 = 15 states.
         assert_eq!(sizes, [2, 2, 2, 4, 4, 4, 8, 8, 8, 16, 16, 16, 32, 32, 32]);
         assert_eq!(nca.n_steps(), 10);
+    }
+
+    #[test]
+    fn damage_zeroes_one_square_of_every_channel_of_each_state() {
+        let s = Tensor::ones([2, 3, 10, 10], (tch::Kind::Float, tch::Device::Cpu));
+        let d = damage_random(&s, 4, &mut crate::noise::Noise::new(1));
+        assert_eq!(d.sum(tch::Kind::Float).double_value(&[]), 2.0 * 3.0 * 84.0);
+        let per_channel = d.sum_dim_intlist([2i64, 3].as_slice(), false, tch::Kind::Float);
+        assert!(per_channel.equal(&Tensor::full(
+            [2, 3],
+            84.0,
+            (tch::Kind::Float, tch::Device::Cpu)
+        )));
+        // Each state's square is drawn on its own: two rows, two places (for this seed).
+        assert!(!d.get(0).equal(&d.get(1)));
+        assert_eq!(
+            s.sum(tch::Kind::Float).double_value(&[]),
+            600.0,
+            "the original is untouched"
+        );
+        // A fixed square: rows 2..5, columns 7..10 of every channel.
+        let f = damage(&s.get(0), 2, 7, 3);
+        assert_eq!(
+            f.narrow(1, 2, 3)
+                .narrow(2, 7, 3)
+                .abs()
+                .sum(tch::Kind::Float)
+                .double_value(&[]),
+            0.0
+        );
+        assert_eq!(f.sum(tch::Kind::Float).double_value(&[]), 3.0 * 91.0);
     }
 
     #[test]

@@ -68,6 +68,6 @@ pub fn truncate_after(path: &Path, step: u64) -> anyhow::Result<()> {
         })
         .map(|l| format!("{l}\n"))
         .collect();
-    super::checkpoint::write_atomic(path, kept.as_bytes())?;
+    crate::checkpoint::write_atomic(path, kept.as_bytes())?;
     Ok(())
 }

@@ -1,10 +1,9 @@
-//! Training: the loop, the optimiser, checkpoints and metrics.
-pub mod checkpoint;
+//! Training: the loop, the optimiser, the damage pool, metrics and the run lock.
+//! (Checkpoints, and every name in them: `crate::checkpoint`.)
 pub mod metrics;
 pub mod optim;
 pub mod pool;
 pub mod run_lock;
-pub mod state;
 pub mod trainer;
 
 pub use trainer::{train, TrainOptions, TrainSummary};

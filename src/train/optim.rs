@@ -1,11 +1,10 @@
 //! Adam and global gradient-norm clipping, written out rather than taken from tch so
 //! that the moments can be saved in checkpoints (exact resume) and the arithmetic matches
-//! PyTorch's `torch.optim.Adam` and `clip_grad_norm_` (PAPER.md 3.7).
-use std::collections::BTreeMap;
+//! PyTorch's `torch.optim.Adam` and `clip_grad_norm_` (docs/REFERENCE.md §2).
 use tch::{Kind, Tensor};
 
 /// Parameters in a fixed (name-sorted) order.
-pub type Params = BTreeMap<String, Tensor>;
+pub use crate::model::Params;
 
 #[derive(Debug)]
 pub struct Adam {
@@ -36,6 +35,25 @@ impl Adam {
         }
     }
 
+    /// Continue from saved moments after `step` updates (a resumed run).
+    pub fn restore(&mut self, m: Params, v: Params, step: u64) {
+        tch::no_grad(|| {
+            for (name, saved) in m {
+                self.m
+                    .get_mut(&name)
+                    .expect("moment for every parameter")
+                    .copy_(&saved);
+            }
+            for (name, saved) in v {
+                self.v
+                    .get_mut(&name)
+                    .expect("moment for every parameter")
+                    .copy_(&saved);
+            }
+        });
+        self.step = step;
+    }
+
     /// One update from the parameters' `.grad()`, as PyTorch's single-tensor Adam:
     /// m = lerp(m, g, 1-b1); v = b2 v + (1-b2) g^2;
     /// p -= lr/(1-b1^t) * m / (sqrt(v)/sqrt(1-b2^t) + eps).
@@ -61,18 +79,6 @@ impl Adam {
                 let _ = p.g_sub_(&(&*m / denom * step_size));
             }
         });
-    }
-
-    /// The moments as named tensors for a checkpoint (`adam.m.<name>`, `adam.v.<name>`).
-    pub fn state_tensors(&self) -> BTreeMap<String, Tensor> {
-        let mut out = BTreeMap::new();
-        for (k, t) in &self.m {
-            out.insert(format!("adam.m.{k}"), t.shallow_clone());
-        }
-        for (k, t) in &self.v {
-            out.insert(format!("adam.v.{k}"), t.shallow_clone());
-        }
-        out
     }
 }
 

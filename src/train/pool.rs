@@ -18,6 +18,7 @@
 //! encode for the decoder (the loss is no longer an ELBO of the pool rows either way).
 use crate::config::PoolKl;
 use crate::likelihood::gaussian;
+use crate::model::nca::{erase_, random_square};
 use crate::model::Vnca;
 use crate::noise::NoiseSource;
 use crate::objective::{encode_and_sample, Elbo};
@@ -37,24 +38,6 @@ pub struct Pool {
     capacity: usize,
     damage_size: i64,
     kl: PoolKl,
-}
-
-/// Zero a `side` x `side` square of every channel of `state` [Z, H, W] at a uniformly
-/// drawn position (in place on a copy).
-pub fn damage_random(state: &Tensor, side: i64, noise: &mut dyn NoiseSource) -> Tensor {
-    let s = state.copy();
-    damage_in_place(&s, side, noise);
-    s
-}
-
-/// Zero a `side` x `side` square of every channel of `state` [Z, H, W], in place, at a
-/// position drawn from two uniforms (top, left).
-fn damage_in_place(state: &Tensor, side: i64, noise: &mut dyn NoiseSource) {
-    let (h, w) = (state.size()[1], state.size()[2]);
-    let u = noise.uniform(&[2]);
-    let top = ((u.double_value(&[0]) * (h - side + 1) as f64) as i64).min(h - side);
-    let left = ((u.double_value(&[1]) * (w - side + 1) as f64) as i64).min(w - side);
-    let _ = state.narrow(1, top, side).narrow(2, left, side).zero_();
 }
 
 impl Pool {
@@ -116,8 +99,10 @@ impl Pool {
             let (imgs, states) = self.rows(0..n_pool as usize).expect("a non-empty pool");
             let taken: Vec<i64> = self.order.drain(..n_pool as usize).collect();
             self.free.extend(taken);
+            let (h, w) = (states.size()[2], states.size()[3]);
             for i in 0..(b / 4) {
-                damage_in_place(&states.get(i), self.damage_size, noise); // a copy's row
+                let (top, left) = random_square(h, w, self.damage_size, noise);
+                erase_(&states.get(i), top, left, self.damage_size); // rows of a copy
             }
             x = Tensor::cat(&[x.narrow(0, 0, b - n_pool), imgs], 0);
             pool_states = Some(states); // [B/2, Z, S, S]
@@ -246,20 +231,6 @@ mod tests {
         cfg.model.min_steps = 2;
         cfg.model.max_steps = 3;
         Vnca::new(&cfg.model, tch::Device::Cpu, 0)
-    }
-
-    #[test]
-    fn damage_zeroes_one_square_of_every_channel() {
-        let s = Tensor::ones([3, 10, 10], (Kind::Float, tch::Device::Cpu));
-        let d = damage_random(&s, 4, &mut Noise::new(1));
-        assert_eq!(d.sum(Kind::Float).double_value(&[]), 3.0 * (100.0 - 16.0));
-        let per_channel = d.sum_dim_intlist([1i64, 2].as_slice(), false, Kind::Float);
-        assert!(per_channel.equal(&Tensor::from_slice(&[84.0f32, 84.0, 84.0])));
-        assert_eq!(
-            s.sum(Kind::Float).double_value(&[]),
-            300.0,
-            "the original is untouched"
-        );
     }
 
     #[test]

@@ -1,14 +1,23 @@
-//! Checkpoints: one safetensors file holding the model's parameters under the reference's
-//! `state_dict` names, the Adam moments (`adam.m.<name>`, `adam.v.<name>`) and, in the
-//! header metadata, the run's config (TOML) and the training state (step, RNG streams,
-//! data position) as JSON. A bare weights file (only the parameters) loads too, so a
-//! reference checkpoint converted with `tools/convert_reference_checkpoint.py` evaluates here.
+//! Checkpoints, and every name in them. One safetensors file holds:
+//! - the model's parameters under the reference's `state_dict` names (`encoder.0.weight`,
+//!   ..., `nca.update_net.5.bias`), so a reference checkpoint converted with
+//!   `tools/convert_reference_checkpoint.py` loads as a bare weights file;
+//! - in a run's `latest`: Adam's moments (`adam.m.<param>`, `adam.v.<param>`) and, for
+//!   pool runs, the damage pool in pool order (`pool.images` [N, C, S, S], `pool.states`
+//!   [N, Z, S, S]);
+//! - header metadata: `format`, the run's `config` (TOML) and its `state` (`TrainState` as
+//!   JSON: the step, every random stream, the data position, the best validation NLL).
 //!
-//! Files are written atomically: a temporary file in the same directory, fsync, rename,
-//! fsync of the directory. A crash, Ctrl-C or full disk mid-write leaves the previous
-//! checkpoint intact.
+//! This module is the only place that knows these names. Files are written atomically: a
+//! temporary file in the same directory, fsync, rename, fsync of the directory, so a
+//! crash, Ctrl-C or full disk mid-write leaves the previous checkpoint intact.
+use crate::config::Config;
+use crate::dataset::EpochSampler;
+use crate::model::Params;
 use crate::model::Vnca;
+use crate::noise::Noise;
 use safetensors::{tensor::TensorView, Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -16,9 +25,38 @@ use tch::{Device, Kind, Tensor};
 
 pub const FORMAT: &str = "vnca-checkpoint/1";
 
-/// Tensors of a `latest` checkpoint that are not model parameters: the Adam moments
-/// (`adam.m.<name>`, `adam.v.<name>`) and the damage pool (`pool.images`, `pool.states`).
-pub const TRAINING_STATE_PREFIXES: [&str; 2] = ["adam.", "pool."];
+/// Tensors of a `latest` checkpoint that are not model parameters.
+const TRAINING_STATE_PREFIXES: [&str; 2] = ["adam.", "pool."];
+const ADAM_M: &str = "adam.m.";
+const ADAM_V: &str = "adam.v.";
+const POOL_IMAGES: &str = "pool.images";
+const POOL_STATES: &str = "pool.states";
+
+/// Everything besides tensors that a resumed run needs to continue exactly as if it had
+/// never stopped: the step, every random stream and the best validation score. (Files
+/// written before version 0.2 also carry `adam_step`, always equal to `step`; it is
+/// ignored.)
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Gradient updates completed (also Adam's step count).
+    pub step: u64,
+    /// Model noise (reparameterisation, update masks).
+    pub noise: Noise,
+    /// Data order.
+    pub sampler: EpochSampler,
+    /// Best validation NLL so far (nats), for the `best` checkpoint.
+    pub best_val: Option<f64>,
+}
+
+/// What a run's `latest` checkpoint holds besides the model's parameters.
+pub struct Training {
+    pub state: TrainState,
+    /// Adam's first and second moments by parameter name.
+    pub adam_m: Params,
+    pub adam_v: Params,
+    /// The damage pool, images [N, C, S, S] and states [N, Z, S, S], in pool order.
+    pub pool: Option<(Tensor, Tensor)>,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -53,8 +91,18 @@ pub enum CheckpointError {
 pub struct Meta {
     /// The run's config as TOML, when saved by `vnca train`.
     pub config: Option<String>,
-    /// The training state as JSON (see `train::state::TrainState`).
+    /// The training state as JSON (`TrainState`).
     pub state: Option<String>,
+}
+
+impl Meta {
+    /// The metadata of a run's checkpoints.
+    pub fn of_run(cfg: &Config, state: &TrainState) -> Meta {
+        Meta {
+            config: Some(cfg.to_toml()),
+            state: Some(serde_json::to_string(state).expect("TrainState serialises")),
+        }
+    }
 }
 
 fn tensor_bytes(t: &Tensor) -> Vec<u8> {
@@ -133,6 +181,27 @@ pub fn save(
     write_atomic(path, &to_bytes(&all, meta))
 }
 
+/// Save a run's `latest`: the model, Adam's moments and the pool (when given) under their
+/// names, and the run's metadata.
+pub fn save_training(
+    path: &Path,
+    model: &Vnca,
+    cfg: &Config,
+    training: &Training,
+) -> Result<(), CheckpointError> {
+    let mut extra = BTreeMap::new();
+    for (prefix, moments) in [(ADAM_M, &training.adam_m), (ADAM_V, &training.adam_v)] {
+        for (name, t) in moments {
+            extra.insert(format!("{prefix}{name}"), t.shallow_clone());
+        }
+    }
+    if let Some((images, states)) = &training.pool {
+        extra.insert(POOL_IMAGES.into(), images.shallow_clone()); // [N, C, S, S]
+        extra.insert(POOL_STATES.into(), states.shallow_clone()); // [N, Z, S, S]
+    }
+    save(path, model, &extra, &Meta::of_run(cfg, &training.state))
+}
+
 /// A checkpoint read into memory: raw file bytes, parsed on demand.
 pub struct Loaded {
     pub path: PathBuf,
@@ -208,6 +277,52 @@ impl Loaded {
         let st = self.parsed();
         let view = st.tensor(name).ok()?;
         Some(view.shape().iter().map(|&d| d as i64).collect())
+    }
+
+    /// Restore a run from its `latest`: the model's parameters into `model`, and the
+    /// training state, Adam's moments (shaped like the parameters) and the pool (when the
+    /// file holds one) returned.
+    pub fn load_training(&self, model: &Vnca) -> anyhow::Result<Training> {
+        self.load_model(model)?;
+        let params = model.params();
+        let moments = |prefix: &str| -> Result<Params, CheckpointError> {
+            params
+                .iter()
+                .map(|(name, p)| {
+                    Ok((
+                        name.clone(),
+                        self.tensor(&format!("{prefix}{name}"), &p.size())?,
+                    ))
+                })
+                .collect()
+        };
+        let (adam_m, adam_v) = (moments(ADAM_M)?, moments(ADAM_V)?);
+        let pool = match self.shape(POOL_STATES) {
+            Some(shape) => {
+                let (c, z, side) = (model.cfg.channels, model.cfg.z_dim, model.cfg.image_size);
+                let n = shape[0];
+                Some((
+                    self.tensor(POOL_IMAGES, &[n, c, side, side])?,
+                    self.tensor(POOL_STATES, &[n, z, side, side])?,
+                ))
+            }
+            None => None,
+        };
+        let json = self.meta.state.as_deref().ok_or_else(|| {
+            anyhow::anyhow!(
+                "`{}` holds weights only, no training state",
+                self.path.display()
+            )
+        })?;
+        let state: TrainState = serde_json::from_str(json).map_err(|e| {
+            anyhow::anyhow!("`{}`: unreadable training state: {e}", self.path.display())
+        })?;
+        Ok(Training {
+            state,
+            adam_m,
+            adam_v,
+            pool,
+        })
     }
 
     /// Copy every model parameter from the file into `model`. Training state (names
