@@ -17,4 +17,5 @@ pub mod noise;
 pub mod objective;
 pub mod restore;
 pub mod serve;
+pub mod shipped;
 pub mod train;

@@ -4,6 +4,7 @@
 pub mod encoder;
 pub mod layers;
 pub mod nca;
+pub mod steps;
 pub mod update_net;
 pub mod vnca;
 

@@ -12,7 +12,7 @@ use safetensors::{tensor::TensorView, Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 pub const FORMAT: &str = "vnca-checkpoint/1";
 
@@ -58,12 +58,7 @@ pub struct Meta {
 }
 
 fn tensor_bytes(t: &Tensor) -> Vec<u8> {
-    let flat = t
-        .to_device(Device::Cpu)
-        .to_kind(Kind::Float)
-        .contiguous()
-        .view(-1);
-    let v = Vec::<f32>::try_from(&flat).expect("f32 tensor converts to Vec<f32>");
+    let v = crate::model::steps::to_f32_vec(t);
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -146,6 +141,12 @@ impl Loaded {
             path: path.to_path_buf(),
             source,
         })?;
+        Loaded::from_bytes(path, bytes)
+    }
+
+    /// A checkpoint already in memory (a model embedded in the binary); `path` names it
+    /// in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, CheckpointError> {
         let corrupt = |e: safetensors::SafeTensorError| CheckpointError::Corrupt {
             path: path.to_path_buf(),
             msg: format!("{e:?}"),
