@@ -436,11 +436,13 @@ fn fifty_clients_for_a_while_keep_order_cap_and_memory() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = trained_checkpoint(dir.path());
-    let models = serve::load_models(&[ckpt], tch::Device::Cpu).unwrap();
+    let models = serve::load_models(&[vnca::shipped::ModelSource::File(ckpt)], tch::Device::Cpu).unwrap();
     let trained_s = started.elapsed().as_secs_f64();
     let opts = ServeOptions {
         session: SessionOptions {
             default_batch: 4,
+            // Frames for ever, also after the growth of a model not trained to heal.
+            run_past_growth: true,
             ..Default::default()
         },
         ..Default::default()
@@ -618,6 +620,7 @@ fn slow_but_reading_clients_keep_their_sessions() {
         session: SessionOptions {
             default_batch: 4,
             default_speed: 60.0,
+            run_past_growth: true,
             ..Default::default()
         },
         max_sessions: 2,
