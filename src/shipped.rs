@@ -182,7 +182,10 @@ mod tests {
             .load(None, tch::Device::Cpu)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("not found") && e.contains("mnist-doubling-small"), "{e}");
+        assert!(
+            e.contains("not found") && e.contains("mnist-doubling-small"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -23,9 +23,9 @@ mod fuzzing;
 use proptest::prelude::*;
 use serde_json::Value;
 use vnca::serve::protocol::{
-    decode_frame, encode_frame, parse_client_message, ClientMsg, FrameHeader, ProtocolError,
-    HARD_MAX_MESSAGE_BYTES, HEADER_BYTES, MAGIC, MAX_DRAW_SIZE, MAX_MESSAGE_BYTES, MAX_RADIUS,
-    MAX_SPEED, MIN_SPEED, VERSION, Posterior,
+    decode_frame, encode_frame, parse_client_message, ClientMsg, FrameHeader, Posterior,
+    ProtocolError, HARD_MAX_MESSAGE_BYTES, HEADER_BYTES, MAGIC, MAX_DRAW_SIZE, MAX_MESSAGE_BYTES,
+    MAX_RADIUS, MAX_SPEED, MIN_SPEED, VERSION,
 };
 
 // ---------------------------------------------------------------------------------------

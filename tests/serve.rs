@@ -850,13 +850,21 @@ async fn a_model_not_trained_to_heal_stops_after_growth_and_a_healer_runs_on() {
         (&hello["models"][0]["heals"], &hello["models"][1]["heals"]),
         (&Value::Bool(false), &Value::Bool(true))
     );
-    assert_eq!(hello["models"][0]["erased_rgb"], serde_json::json!([128, 128, 128]));
+    assert_eq!(
+        hello["models"][0]["erased_rgb"],
+        serde_json::json!([128, 128, 128])
+    );
     let statuses = through_growth(&mut ws).await;
     let s = statuses.last().expect("a status as growth ends");
-    assert_eq!((s["playing"].as_bool(), s["phase"].as_str()), (Some(false), Some("grown")));
+    assert_eq!(
+        (s["playing"].as_bool(), s["phase"].as_str()),
+        (Some(false), Some("grown"))
+    );
     assert!(s["notice"].as_str().unwrap().contains("stops here"), "{s}");
     assert!(
-        maybe_next(&mut ws, Duration::from_millis(500)).await.is_none(),
+        maybe_next(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none(),
         "nothing more after growth"
     );
     // Step by hand past the training: allowed, and said.
@@ -932,34 +940,54 @@ async fn a_drawing_grows_as_one_sample_and_bad_drawings_get_one_error_each() {
             r#"{"type":"draw","size":28,"pixels":[300]}"#.to_string(),
             "integers in [0, 255]",
         ),
-        (draw_msg(28, &bar(), r#","test_digit":10000"#), "out of range"),
-        (draw_msg(28, &bar(), r#","z":"mode""#), "\"mean\" or \"sample\""),
+        (
+            draw_msg(28, &bar(), r#","test_digit":10000"#),
+            "out of range",
+        ),
+        (
+            draw_msg(28, &bar(), r#","z":"mode""#),
+            "\"mean\" or \"sample\"",
+        ),
         (too_big, "too large"),
     ];
     for (text, want) in &cases {
         send(&mut ws, text).await;
         let e = text_of(&mut ws, "error").await;
         let msg = e["message"].as_str().unwrap();
-        assert!(msg.contains(want), "{msg} (for {})", &text[..text.len().min(60)]);
+        assert!(
+            msg.contains(want),
+            "{msg} (for {})",
+            &text[..text.len().min(60)]
+        );
     }
     // The session goes on: a good drawing becomes one sample growing from its seed, and
     // the slider's other end is the test digit asked for.
     let test = vnca::shipped::mnist_test().unwrap();
     send(&mut ws, &draw_msg(28, &bar(), r#","test_digit":7"#)).await;
     let s = text_of(&mut ws, "status").await;
-    assert_eq!((s["source"].as_str(), s["batch"].as_u64()), (Some("drawing"), Some(1)));
+    assert_eq!(
+        (s["source"].as_str(), s["batch"].as_u64()),
+        (Some("drawing"), Some(1))
+    );
     assert_eq!(s["test_digit"]["index"], 7);
     assert_eq!(s["test_digit"]["label"], test.label(7).unwrap());
     let (h, px) = frame(&mut ws).await;
     assert_eq!((h.n, h.step, h.grid, px.len()), (1, 0, 2, 32 * 32));
     // The mean is deterministic: the same drawing grows the same seed.
-    send(&mut ws, &draw_msg(28, &bar(), r#","test_digit":7,"z":"mean""#)).await;
+    send(
+        &mut ws,
+        &draw_msg(28, &bar(), r#","test_digit":7,"z":"mean""#),
+    )
+    .await;
     let (_, px2) = frame(&mut ws).await;
     assert_eq!(px, px2);
     // New latents go back to samples of the prior.
     send(&mut ws, r#"{"type":"new_latents"}"#).await;
     let s = text_of(&mut ws, "status").await;
-    assert_eq!((s["source"].as_str(), s["batch"].as_u64()), (Some("prior"), Some(1)));
+    assert_eq!(
+        (s["source"].as_str(), s["batch"].as_u64()),
+        (Some("prior"), Some(1))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -971,10 +999,17 @@ async fn the_slider_morphs_finished_growths_instead_of_restarting_them() {
     for t in ["0.5", "0.6", "0.5"] {
         send(&mut ws, &format!(r#"{{"type":"interpolate","t":{t}}}"#)).await;
         let (h, px) = frame(&mut ws).await;
-        assert_eq!((h.step, h.grid, h.flags & FLAG_GROWING), (14, 32, 0), "{h:?}");
+        assert_eq!(
+            (h.step, h.grid, h.flags & FLAG_GROWING),
+            (14, 32, 0),
+            "{h:?}"
+        );
         assert!(h.generation > h0.generation);
         pictures.push(px);
     }
     assert_ne!(pictures[0], pictures[1], "the picture moves with t");
-    assert_eq!(pictures[0], pictures[2], "and comes back with it (same noise)");
+    assert_eq!(
+        pictures[0], pictures[2],
+        "and comes back with it (same noise)"
+    );
 }

@@ -436,7 +436,8 @@ fn fifty_clients_for_a_while_keep_order_cap_and_memory() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = trained_checkpoint(dir.path());
-    let models = serve::load_models(&[vnca::shipped::ModelSource::File(ckpt)], tch::Device::Cpu).unwrap();
+    let models =
+        serve::load_models(&[vnca::shipped::ModelSource::File(ckpt)], tch::Device::Cpu).unwrap();
     let trained_s = started.elapsed().as_secs_f64();
     let opts = ServeOptions {
         session: SessionOptions {

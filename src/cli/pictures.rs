@@ -69,7 +69,10 @@ pub(super) fn cmd_figures(a: FiguresArgs, device: tch::Device) -> anyhow::Result
         tsne_points: a.tsne_points,
         damage_size: a.damage_size,
         recovery_steps: a.recovery_steps,
-        metrics: a.checkpoint.path().map(|p| p.with_file_name("metrics.jsonl")),
+        metrics: a
+            .checkpoint
+            .path()
+            .map(|p| p.with_file_name("metrics.jsonl")),
         ..Default::default()
     };
     for p in crate::figures::report::write_all(&model, &test, &a.out, &opts)? {

@@ -1,7 +1,7 @@
 //! `vnca serve`.
+use crate::shipped::ModelSource;
 use anyhow::Context;
 use clap::Args;
-use crate::shipped::ModelSource;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {

@@ -20,6 +20,10 @@
 //! | `{"type":"batch","n":N}` | show N samples, 1 <= N <= the server's max batch (new latents) |
 //! | `{"type":"ack"}` | the client has shown a frame; see flow control below |
 //!
+//! A message that starts a new growth (`restart`, `new_latents`, `model`, `batch`, `draw`)
+//! also starts the clock. After its growth a model not trained to heal stops (a `status`
+//! with `playing: false`, phase `grown` and a notice); `play` or `step` runs it on.
+//!
 //! Flow control: a client that connects to `/ws?ack=1` promises to send `ack` for every
 //! frame it has shown, and is then never more than [`ACK_WINDOW`] frames ahead of its
 //! acks: the simulation waits for the next `ack` before it runs on. The page does this,
@@ -298,7 +302,9 @@ pub fn parse_client_message(text: &str) -> Result<ClientMsg, ProtocolError> {
             };
             let test_digit = match obj.get("test_digit") {
                 None | Some(Value::Null) => None,
-                Some(_) => Some(usize::try_from(index(&obj, kind, "test_digit")?).unwrap_or(usize::MAX)),
+                Some(_) => {
+                    Some(usize::try_from(index(&obj, kind, "test_digit")?).unwrap_or(usize::MAX))
+                }
             };
             ClientMsg::Draw {
                 size: size as usize,

@@ -257,10 +257,23 @@ impl Runner {
     fn apply(&mut self, msg: ClientMsg) -> Result<(bool, bool), String> {
         // Every message but `ack` changes settings (a status goes out); all but these
         // also change the picture.
-        let picture = !matches!(msg, ClientMsg::Play | ClientMsg::Pause | ClientMsg::Speed(_));
+        let picture = !matches!(
+            msg,
+            ClientMsg::Play | ClientMsg::Pause | ClientMsg::Speed(_)
+        );
         if msg != ClientMsg::Ack {
             self.idle = 0;
         }
+        // A new growth is there to be watched: it starts the clock (also after a model
+        // stopped at the end of its last growth).
+        let grows = matches!(
+            msg,
+            ClientMsg::Restart
+                | ClientMsg::NewLatents(_)
+                | ClientMsg::Model(_)
+                | ClientMsg::Batch(_)
+                | ClientMsg::Draw { .. }
+        );
         match msg {
             ClientMsg::Ack => {
                 // Flow control only; not input for the idle pause.
@@ -342,6 +355,10 @@ impl Runner {
                 z,
                 test_digit,
             } => self.draw(size, pixels, z, test_digit)?,
+        }
+        if grows && !self.playing {
+            self.playing = true;
+            self.next_tick = Instant::now();
         }
         Ok((true, picture))
     }

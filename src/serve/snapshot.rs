@@ -30,10 +30,7 @@ impl ModelSnapshot {
             .map(|(k, t)| (k, t.size(), to_f32_vec(&t)))
             .collect();
         weights.sort_by(|a, b| a.0.cmp(&b.0));
-        let zero = Tensor::zeros(
-            [1, cfg.model.z_dim, 1, 1],
-            (Kind::Float, model.device()),
-        ); // [1, Z, 1, 1]
+        let zero = Tensor::zeros([1, cfg.model.z_dim, 1, 1], (Kind::Float, model.device())); // [1, Z, 1, 1]
         let rgb = to_f32_vec(&tch::no_grad(|| model.render_mean(&zero))); // C values
         let grey = |c: usize| (rgb[c.min(rgb.len() - 1)].clamp(0.0, 1.0) * 255.0).round() as u8;
         ModelSnapshot {
