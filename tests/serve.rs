@@ -595,6 +595,20 @@ async fn erase_changes_the_frame_and_the_cells_go_on() {
     assert!(last > h1.step);
 }
 
+/// Sends each text and expects one error reply containing its phrase.
+async fn expect_errors(ws: &mut Ws, cases: &[(&str, &str)]) {
+    for (text, want) in cases {
+        send(ws, text).await;
+        let e = text_of(ws, "error").await;
+        let msg = e["message"].as_str().unwrap();
+        assert!(
+            msg.contains(want),
+            "{msg} (for {})",
+            &text[..text.len().min(60)]
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_get_an_error_reply_and_the_session_goes_on() {
     let addr = start(vec![snapshot("m", 1)], options(4, 2)).await;
@@ -619,16 +633,7 @@ async fn malformed_messages_get_an_error_reply_and_the_session_goes_on() {
         (r#"{"type":"model","index":3}"#, "out of range"),
         (r#"{"type":"batch","n":17}"#, "too large"),
     ];
-    for (text, want) in cases {
-        send(&mut ws, text).await;
-        let e = text_of(&mut ws, "error").await;
-        let msg = e["message"].as_str().unwrap();
-        assert!(
-            msg.contains(want),
-            "{msg} (for {})",
-            &text[..text.len().min(60)]
-        );
-    }
+    expect_errors(&mut ws, &cases).await;
     ws.send(Message::Binary(vec![1u8, 2, 3].into()))
         .await
         .unwrap();
@@ -950,16 +955,8 @@ async fn a_drawing_grows_as_one_sample_and_bad_drawings_get_one_error_each() {
         ),
         (too_big, "too large"),
     ];
-    for (text, want) in &cases {
-        send(&mut ws, text).await;
-        let e = text_of(&mut ws, "error").await;
-        let msg = e["message"].as_str().unwrap();
-        assert!(
-            msg.contains(want),
-            "{msg} (for {})",
-            &text[..text.len().min(60)]
-        );
-    }
+    let cases: Vec<(&str, &str)> = cases.iter().map(|(t, w)| (t.as_str(), *w)).collect();
+    expect_errors(&mut ws, &cases).await;
     // The session goes on: a good drawing becomes one sample growing from its seed, and
     // the slider's other end is the test digit asked for.
     let test = vnca::shipped::mnist_test().unwrap();
