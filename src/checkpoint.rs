@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use tch::{Device, Kind, Tensor};
+use tch::Tensor;
 
 pub const FORMAT: &str = "vnca-checkpoint/1";
 
@@ -105,13 +105,19 @@ impl Meta {
     }
 }
 
-fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+/// Any tensor as f32 values on the CPU, flattened in row-major order (what a checkpoint
+/// stores; also `serve`'s weight snapshots).
+pub fn to_f32_vec(t: &Tensor) -> Vec<f32> {
     let flat = t
-        .to_device(Device::Cpu)
-        .to_kind(Kind::Float)
+        .to_device(tch::Device::Cpu)
+        .to_kind(tch::Kind::Float)
         .contiguous()
         .view(-1);
-    let v = Vec::<f32>::try_from(&flat).expect("f32 tensor converts to Vec<f32>");
+    Vec::<f32>::try_from(&flat).expect("a float tensor converts to Vec<f32>")
+}
+
+fn tensor_bytes(t: &Tensor) -> Vec<u8> {
+    let v = to_f32_vec(t);
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
@@ -215,6 +221,12 @@ impl Loaded {
             path: path.to_path_buf(),
             source,
         })?;
+        Loaded::from_bytes(path, bytes)
+    }
+
+    /// A checkpoint already in memory (a model embedded in the binary); `path` names it
+    /// in errors.
+    pub fn from_bytes(path: &Path, bytes: Vec<u8>) -> Result<Loaded, CheckpointError> {
         let corrupt = |e: safetensors::SafeTensorError| CheckpointError::Corrupt {
             path: path.to_path_buf(),
             msg: format!("{e:?}"),

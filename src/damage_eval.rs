@@ -67,7 +67,9 @@ pub fn damage_eval(
             push(1, &state);
             let mut done = 0;
             for (k, &target) in steps.iter().enumerate() {
-                state = model.nca.run_steps(&state, target - done, noise);
+                state = model
+                    .nca
+                    .run_steps(&state, target - done, noise, &mut |_| {});
                 done = target;
                 push(2 + k, &state);
             }

@@ -81,13 +81,20 @@ impl Split {
 /// u8 [B, C, h, w] -> f32 [B, C, size, size] in [0, 1], centred with zero padding, on
 /// `device`. `levels` is the u8 value of a full-intensity pixel.
 pub fn to_model_input(images: &Tensor, size: i64, device: Device, levels: f64) -> Tensor {
-    let (h, w) = (images.size()[2], images.size()[3]);
     let mut x = images.to_device(device).to_kind(Kind::Float);
     if levels != 1.0 {
         x /= levels;
     }
+    pad_centred(&x, size)
+}
+
+/// [B, C, h, w] -> [B, C, size, size]: centred in a zero border (as the data pipeline pads
+/// 28x28 MNIST onto the 32x32 grid of the doubling model; as figures and the web page
+/// show a growing grid inside the final image).
+pub fn pad_centred(x: &Tensor, size: i64) -> Tensor {
+    let (h, w) = (x.size()[2], x.size()[3]);
     if h == size && w == size {
-        return x;
+        return x.shallow_clone();
     }
     let (top, left) = ((size - h) / 2, (size - w) / 2);
     x.constant_pad_nd([left, size - w - left, top, size - h - top])

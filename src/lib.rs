@@ -19,4 +19,5 @@ pub mod objective;
 pub mod progress;
 pub mod restore;
 pub mod serve;
+pub mod shipped;
 pub mod train;

@@ -14,7 +14,16 @@ pub fn load_model(
     explicit: Option<Config>,
     device: Device,
 ) -> anyhow::Result<(Vnca, Config)> {
-    let ck = Loaded::read(path)?;
+    load_checkpoint(Loaded::read(path)?, explicit, device)
+}
+
+/// [`load_model`] for a checkpoint already read (from a file or from memory).
+pub fn load_checkpoint(
+    ck: Loaded,
+    explicit: Option<Config>,
+    device: Device,
+) -> anyhow::Result<(Vnca, Config)> {
+    let path = ck.path.clone();
     let cfg = match explicit {
         Some(c) => c,
         None => match &ck.meta.config {

@@ -23,9 +23,9 @@ mod fuzzing;
 use proptest::prelude::*;
 use serde_json::Value;
 use vnca::serve::protocol::{
-    decode_frame, encode_frame, parse_client_message, ClientMsg, FrameHeader, ProtocolError,
-    HARD_MAX_MESSAGE_BYTES, HEADER_BYTES, MAGIC, MAX_MESSAGE_BYTES, MAX_RADIUS, MAX_SPEED,
-    MIN_SPEED, VERSION,
+    decode_frame, encode_frame, parse_client_message, ClientMsg, FrameHeader, Posterior,
+    ProtocolError, HARD_MAX_MESSAGE_BYTES, HEADER_BYTES, MAGIC, MAX_DRAW_SIZE, MAX_MESSAGE_BYTES,
+    MAX_RADIUS, MAX_SPEED, MIN_SPEED, VERSION,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -85,6 +85,7 @@ fn kind_of(m: &ClientMsg) -> &'static str {
         ClientMsg::Model(_) => "model",
         ClientMsg::Batch(_) => "batch",
         ClientMsg::Ack => "ack",
+        ClientMsg::Draw { .. } => "draw",
     }
 }
 
@@ -117,6 +118,11 @@ fn check_accepted(m: &ClientMsg, text: &str) -> Result<(), TestCaseError> {
             prop_assert!((0.0..=1.0).contains(&t), "t = {t} from {}", shown(text))
         }
         ClientMsg::Batch(n) => prop_assert!(n >= 1, "batch 0 from {}", shown(text)),
+        ClientMsg::Draw { size, .. } => prop_assert!(
+            (1..=MAX_DRAW_SIZE as usize).contains(&size),
+            "draw size {size} from {}",
+            shown(text)
+        ),
         _ => {}
     }
     Ok(())
@@ -417,6 +423,22 @@ fn valid_message() -> impl Strategy<Value = (ClientMsg, String)> {
         interior(0.0, 1.0).prop_map(ClientMsg::Interpolate),
         any::<u32>().prop_map(|i| ClientMsg::Model(i as usize)),
         (1u32..=u32::MAX).prop_map(|n| ClientMsg::Batch(n as usize)),
+        (
+            1..=MAX_DRAW_SIZE as usize,
+            prop::collection::vec(any::<u8>(), 0..64),
+            any::<bool>(),
+            prop::option::of(0usize..1_000_000),
+        )
+            .prop_map(|(size, pixels, mean, test_digit)| ClientMsg::Draw {
+                size,
+                pixels,
+                z: if mean {
+                    Posterior::Mean
+                } else {
+                    Posterior::Sample
+                },
+                test_digit
+            }),
     ];
     (
         msg,
@@ -449,6 +471,22 @@ fn valid_message() -> impl Strategy<Value = (ClientMsg, String)> {
                 ClientMsg::Interpolate(t) => vec![("t".into(), num(*t))],
                 ClientMsg::Model(i) => vec![("index".into(), i.to_string())],
                 ClientMsg::Batch(n) => vec![("n".into(), n.to_string())],
+                ClientMsg::Draw {
+                    size,
+                    pixels,
+                    z,
+                    test_digit,
+                } => {
+                    let mut f = vec![
+                        ("size".into(), size.to_string()),
+                        ("pixels".into(), serde_json::to_string(pixels).unwrap()),
+                        ("z".into(), serde_json::to_string(z).unwrap()),
+                    ];
+                    if let Some(k) = test_digit {
+                        f.push(("test_digit".into(), k.to_string()));
+                    }
+                    f
+                }
                 _ => vec![],
             };
             fields.push(("type".into(), quoted(kind_of(&m))));
@@ -493,6 +531,16 @@ fn close_to(a: &ClientMsg, b: &ClientMsg) -> bool {
 
 proptest! {
     #![proptest_config(config())]
+
+    #[test]
+    fn parse_survives_odd_drawings(
+        size in number_text(),
+        pixels in prop::collection::vec(prop_oneof![4 => (0u32..300).prop_map(|v| v.to_string()), 1 => value_text()], 0..40),
+        z in value_text(),
+    ) {
+        let text = format!(r#"{{"type":"draw","size":{size},"pixels":[{}],"z":{z}}}"#, pixels.join(","));
+        check_parse(&text)?;
+    }
 
     #[test]
     fn parse_survives_arbitrary_text(text in "\\PC{0,400}") {

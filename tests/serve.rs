@@ -17,8 +17,10 @@ use vnca::serve::protocol::{
     decode_frame, encode_frame, parse_client_message, ClientMsg, FrameHeader, ACK_WINDOW,
     FLAG_GROWING, MAX_MESSAGE_BYTES,
 };
-use vnca::serve::session::{growth_steps, Sim};
+use vnca::serve::sim::Sim;
+use vnca::serve::snapshot::growth_steps;
 use vnca::serve::{self, ModelSnapshot, ServeOptions, SessionOptions};
+use vnca::shipped::ModelSource;
 
 // ---- helpers ---------------------------------------------------------------------------
 
@@ -44,12 +46,15 @@ fn snapshot(name: &str, seed: i64) -> ModelSnapshot {
     ModelSnapshot::from_model(name, &model, &cfg)
 }
 
+/// Options for the protocol tests: an endless stream of frames, also after the growth
+/// of these models, which were not trained to heal (by default they stop there).
 fn options(max_sessions: usize, batch: usize) -> ServeOptions {
     ServeOptions {
         session: SessionOptions {
             default_batch: batch,
             max_batch: 16,
             default_speed: 60.0,
+            run_past_growth: true,
             ..Default::default()
         },
         max_sessions,
@@ -389,7 +394,8 @@ async fn serves_the_page_offline_and_health() {
     assert!(lower.contains("content-security-policy"));
     let body = &text[text.find("\r\n\r\n").unwrap()..];
     assert!(body.contains("<canvas") && body.contains("/ws"));
-    assert!(body.contains("never trained for healing"));
+    assert!(body.contains("not to heal or to persist"));
+    assert!(body.contains("id=\"pad\""), "the drawing pad");
     for external in ["http://", "https://", "<link", "src=\"//", "@import"] {
         assert!(!body.contains(external), "the page refers to `{external}`");
     }
@@ -589,6 +595,20 @@ async fn erase_changes_the_frame_and_the_cells_go_on() {
     assert!(last > h1.step);
 }
 
+/// Sends each text and expects one error reply containing its phrase.
+async fn expect_errors(ws: &mut Ws, cases: &[(&str, &str)]) {
+    for (text, want) in cases {
+        send(ws, text).await;
+        let e = text_of(ws, "error").await;
+        let msg = e["message"].as_str().unwrap();
+        assert!(
+            msg.contains(want),
+            "{msg} (for {})",
+            &text[..text.len().min(60)]
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_messages_get_an_error_reply_and_the_session_goes_on() {
     let addr = start(vec![snapshot("m", 1)], options(4, 2)).await;
@@ -613,16 +633,7 @@ async fn malformed_messages_get_an_error_reply_and_the_session_goes_on() {
         (r#"{"type":"model","index":3}"#, "out of range"),
         (r#"{"type":"batch","n":17}"#, "too large"),
     ];
-    for (text, want) in cases {
-        send(&mut ws, text).await;
-        let e = text_of(&mut ws, "error").await;
-        let msg = e["message"].as_str().unwrap();
-        assert!(
-            msg.contains(want),
-            "{msg} (for {})",
-            &text[..text.len().min(60)]
-        );
-    }
+    expect_errors(&mut ws, &cases).await;
     ws.send(Message::Binary(vec![1u8, 2, 3].into()))
         .await
         .unwrap();
@@ -747,7 +758,7 @@ async fn switching_models_and_interpolating_regrow() {
         state: None,
     };
     vnca::checkpoint::save(&path, &model, &Default::default(), &meta).unwrap();
-    let mut models = serve::load_models(&[path], Device::Cpu).unwrap();
+    let mut models = serve::load_models(&[ModelSource::File(path)], Device::Cpu).unwrap();
     assert_eq!(
         models[0].name,
         dir.path().file_name().unwrap().to_string_lossy() + "/best"
@@ -805,4 +816,197 @@ fn the_command_fails_clearly_without_a_checkpoint() {
         .output()
         .unwrap();
     assert!(!out.status.success());
+}
+
+// ---- growth's end, drawings, the slider's morph -------------------------------------------
+
+/// A small non-doubling model with pool and damage training in its config: one that the
+/// session treats as trained to heal.
+fn healing_snapshot() -> ModelSnapshot {
+    let mut cfg = Config::preset("mnist-nondoubling-damage-small").unwrap();
+    let m = &mut cfg.model;
+    (m.z_dim, m.hidden, m.encoder_width, m.min_steps, m.max_steps) = (8, 16, 4, 3, 5);
+    assert!(cfg.train.pool.is_some());
+    let model = Vnca::new(&cfg.model, Device::Cpu, 0);
+    ModelSnapshot::from_model("healer", &model, &cfg)
+}
+
+/// Frames until the first one past growth; returns the statuses seen on the way.
+async fn through_growth(ws: &mut Ws) -> Vec<Value> {
+    let mut statuses = Vec::new();
+    loop {
+        match next(ws).await {
+            Got::Frame(h, _) if h.flags & FLAG_GROWING == 0 => return statuses,
+            Got::Frame(..) => {}
+            Got::Text(v) if v["type"] == "status" => statuses.push(v),
+            other => panic!("{other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_not_trained_to_heal_stops_after_growth_and_a_healer_runs_on() {
+    let mut opts = options(4, 2);
+    opts.session.run_past_growth = false; // the default
+    let addr = start(vec![snapshot("grower", 1), healing_snapshot()], opts).await;
+    let mut ws = connect(addr).await;
+    let hello = text_of(&mut ws, "hello").await;
+    assert_eq!(
+        (&hello["models"][0]["heals"], &hello["models"][1]["heals"]),
+        (&Value::Bool(false), &Value::Bool(true))
+    );
+    assert_eq!(
+        hello["models"][0]["erased_rgb"],
+        serde_json::json!([128, 128, 128])
+    );
+    let statuses = through_growth(&mut ws).await;
+    let s = statuses.last().expect("a status as growth ends");
+    assert_eq!(
+        (s["playing"].as_bool(), s["phase"].as_str()),
+        (Some(false), Some("grown"))
+    );
+    assert!(s["notice"].as_str().unwrap().contains("stops here"), "{s}");
+    assert!(
+        maybe_next(&mut ws, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "nothing more after growth"
+    );
+    // Step by hand past the training: allowed, and said.
+    send(&mut ws, r#"{"type":"step"}"#).await;
+    assert_eq!(text_of(&mut ws, "status").await["phase"], "past training");
+    // The healer runs on by itself after its growth, in the phase "healing".
+    send(&mut ws, r#"{"type":"model","index":1}"#).await;
+    send(&mut ws, r#"{"type":"play"}"#).await;
+    let mut last = loop {
+        if let Got::Frame(h, _) = next(&mut ws).await {
+            if h.n == 2 && h.size == 28 && h.flags & FLAG_GROWING == 0 {
+                break h.step;
+            }
+        }
+    };
+    for _ in 0..5 {
+        let (h, _) = frame(&mut ws).await;
+        assert!(h.step > last);
+        last = h.step;
+    }
+    send(&mut ws, r#"{"type":"pause"}"#).await;
+    assert_eq!(text_of(&mut ws, "status").await["phase"], "healing");
+}
+
+/// A 28x28 drawing: a vertical bar (a "1"), grey levels.
+fn bar() -> Vec<u8> {
+    let mut px = vec![0u8; 28 * 28];
+    for y in 4..24 {
+        for x in 12..16 {
+            px[y * 28 + x] = 255;
+        }
+    }
+    px
+}
+
+fn draw_msg(size: usize, pixels: &[u8], extra: &str) -> String {
+    format!(
+        r#"{{"type":"draw","size":{size},"pixels":{}{extra}}}"#,
+        serde_json::to_string(pixels).unwrap()
+    )
+}
+
+#[test]
+fn a_drawing_is_binarized_and_padded_as_the_training_data() {
+    let (model, _) = tiny_model(1);
+    let x = serve::drawing::model_input(&model, &bar(), 28).unwrap();
+    assert_eq!(x.size(), [1, 1, 32, 32]);
+    let v = vnca::checkpoint::to_f32_vec(&x);
+    // Full ink binarizes to 1 (P = 255/255), background to 0; two rows and columns of
+    // zero padding on each side (28 -> 32, as dataset::to_model_input pads MNIST).
+    let at = |y: usize, x: usize| v[y * 32 + x];
+    assert_eq!((at(10, 15), at(10, 10), at(0, 0)), (1.0, 0.0, 0.0));
+    assert_eq!(v.iter().filter(|&&p| p == 1.0).count(), 20 * 4);
+    assert!(serve::drawing::model_input(&model, &[0; 784], 28)
+        .unwrap_err()
+        .contains("empty"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drawing_grows_as_one_sample_and_bad_drawings_get_one_error_each() {
+    let addr = start(vec![snapshot("m", 1)], options(4, 3)).await;
+    let mut ws = connect(addr).await;
+    let hello = text_of(&mut ws, "hello").await;
+    assert_eq!(hello["models"][0]["draw_size"], 28);
+    pause(&mut ws).await;
+    let pad = format!(r#","pad":"{}""#, "x".repeat(2000));
+    let too_big = draw_msg(28, &[255; 28 * 28], &pad);
+    let cases = [
+        (draw_msg(28, &[0; 784], ""), "empty"),
+        (draw_msg(27, &[255; 27 * 27], ""), "takes 28x28"),
+        (draw_msg(28, &[255; 10], ""), "784"),
+        (
+            r#"{"type":"draw","size":28,"pixels":[300]}"#.to_string(),
+            "integers in [0, 255]",
+        ),
+        (
+            draw_msg(28, &bar(), r#","test_digit":10000"#),
+            "out of range",
+        ),
+        (
+            draw_msg(28, &bar(), r#","z":"mode""#),
+            "\"mean\" or \"sample\"",
+        ),
+        (too_big, "too large"),
+    ];
+    let cases: Vec<(&str, &str)> = cases.iter().map(|(t, w)| (t.as_str(), *w)).collect();
+    expect_errors(&mut ws, &cases).await;
+    // The session goes on: a good drawing becomes one sample growing from its seed, and
+    // the slider's other end is the test digit asked for.
+    let test = vnca::shipped::mnist_test().unwrap();
+    send(&mut ws, &draw_msg(28, &bar(), r#","test_digit":7"#)).await;
+    let s = text_of(&mut ws, "status").await;
+    assert_eq!(
+        (s["source"].as_str(), s["batch"].as_u64()),
+        (Some("drawing"), Some(1))
+    );
+    assert_eq!(s["test_digit"]["index"], 7);
+    assert_eq!(s["test_digit"]["label"], test.label(7).unwrap());
+    let (h, px) = frame(&mut ws).await;
+    assert_eq!((h.n, h.step, h.grid, px.len()), (1, 0, 2, 32 * 32));
+    // The mean is deterministic: the same drawing grows the same seed.
+    send(
+        &mut ws,
+        &draw_msg(28, &bar(), r#","test_digit":7,"z":"mean""#),
+    )
+    .await;
+    let (_, px2) = frame(&mut ws).await;
+    assert_eq!(px, px2);
+    // New latents go back to samples of the prior.
+    send(&mut ws, r#"{"type":"new_latents"}"#).await;
+    let s = text_of(&mut ws, "status").await;
+    assert_eq!(
+        (s["source"].as_str(), s["batch"].as_u64()),
+        (Some("prior"), Some(1))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_slider_morphs_finished_growths_instead_of_restarting_them() {
+    let addr = start(vec![snapshot("m", 3)], options(4, 2)).await;
+    let mut ws = connect(addr).await;
+    let (h0, _) = grown_and_paused(&mut ws).await;
+    let mut pictures = Vec::new();
+    for t in ["0.5", "0.6", "0.5"] {
+        send(&mut ws, &format!(r#"{{"type":"interpolate","t":{t}}}"#)).await;
+        let (h, px) = frame(&mut ws).await;
+        assert_eq!(
+            (h.step, h.grid, h.flags & FLAG_GROWING),
+            (14, 32, 0),
+            "{h:?}"
+        );
+        assert!(h.generation > h0.generation);
+        pictures.push(px);
+    }
+    assert_ne!(pictures[0], pictures[1], "the picture moves with t");
+    assert_eq!(
+        pictures[0], pictures[2],
+        "and comes back with it (same noise)"
+    );
 }

@@ -393,12 +393,14 @@ async fn client(
     // frames seen so far.
     send(&mut ws, r#"{"type":"pause"}"#).await;
     send(&mut ws, r#"{"type":"interpolate","t":0.123456}"#).await;
-    let marked_generation = loop {
+    // (The marker regrows: from the seed, or all at once when the growth had finished.)
+    let (marked_generation, marked_step) = loop {
         let g = next(&mut ws).await;
         if let Some(s) = handle(g, &mut last, &mut report, expected) {
             let marked = s["t"].as_f64().is_some_and(|t| (t - 0.123456).abs() < 1e-9);
             if marked && s["playing"] == false {
-                break s["generation"].as_u64().expect("generation") as u32;
+                let at = |k: &str| s[k].as_u64().expect("generation and step") as u32;
+                break (at("generation"), at("step"));
             }
         }
     };
@@ -409,8 +411,7 @@ async fn client(
     send(&mut ws, r#"{"type":"step"}"#).await;
     loop {
         let g = next(&mut ws).await;
-        let stepped =
-            matches!(g, Got::Frame(h) if (h.generation, h.step) == (marked_generation, 1));
+        let stepped = matches!(g, Got::Frame(h) if (h.generation, h.step) == (marked_generation, marked_step + 1));
         handle(g, &mut last, &mut report, expected);
         if stepped {
             break;
@@ -436,11 +437,14 @@ fn fifty_clients_for_a_while_keep_order_cap_and_memory() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let ckpt = trained_checkpoint(dir.path());
-    let models = serve::load_models(&[ckpt], tch::Device::Cpu).unwrap();
+    let models =
+        serve::load_models(&[vnca::shipped::ModelSource::File(ckpt)], tch::Device::Cpu).unwrap();
     let trained_s = started.elapsed().as_secs_f64();
     let opts = ServeOptions {
         session: SessionOptions {
             default_batch: 4,
+            // Frames for ever, also after the growth of a model not trained to heal.
+            run_past_growth: true,
             ..Default::default()
         },
         ..Default::default()
@@ -618,6 +622,7 @@ fn slow_but_reading_clients_keep_their_sessions() {
         session: SessionOptions {
             default_batch: 4,
             default_speed: 60.0,
+            run_past_growth: true,
             ..Default::default()
         },
         max_sessions: 2,

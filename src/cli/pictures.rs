@@ -3,15 +3,15 @@ use super::ArchArgs;
 use crate::dataset;
 use crate::figures::grid::write_grid;
 use crate::noise::Noise;
-use crate::restore::load_model;
+use crate::shipped::ModelSource;
 use clap::Args;
 use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct SampleArgs {
-    /// Default: the shipped models/mnist-doubling-small.safetensors.
-    #[arg(long, default_value_os_t = crate::serve::default_checkpoint())]
-    pub checkpoint: PathBuf,
+    /// A run's checkpoint, or the name of a shipped model (built into the binary).
+    #[arg(long, value_name = "PATH|NAME", default_value = crate::shipped::DEFAULT)]
+    pub checkpoint: ModelSource,
     #[command(flatten)]
     pub arch: ArchArgs,
     /// Number of samples.
@@ -25,9 +25,9 @@ pub struct SampleArgs {
 
 #[derive(Args, Debug)]
 pub struct FiguresArgs {
-    /// Default: the shipped models/mnist-doubling-small.safetensors.
-    #[arg(long, default_value_os_t = crate::serve::default_checkpoint())]
-    pub checkpoint: PathBuf,
+    /// A run's checkpoint, or the name of a shipped model (built into the binary).
+    #[arg(long, value_name = "PATH|NAME", default_value = crate::shipped::DEFAULT)]
+    pub checkpoint: ModelSource,
     #[command(flatten)]
     pub arch: ArchArgs,
     #[arg(long, default_value = "figures")]
@@ -49,7 +49,7 @@ pub struct FiguresArgs {
 }
 
 pub(super) fn cmd_sample(a: SampleArgs, device: tch::Device) -> anyhow::Result<()> {
-    let (model, _) = load_model(&a.checkpoint, a.arch.explicit()?, device)?;
+    let (model, _) = a.checkpoint.load(a.arch.explicit()?, device)?;
     let mut noise = Noise::new(a.seed);
     let imgs = tch::no_grad(|| model.render_mean(&model.sample_prior(a.n, &mut noise)));
     let ncol = (a.n as f64).sqrt().ceil() as i64;
@@ -59,7 +59,7 @@ pub(super) fn cmd_sample(a: SampleArgs, device: tch::Device) -> anyhow::Result<(
 }
 
 pub(super) fn cmd_figures(a: FiguresArgs, device: tch::Device) -> anyhow::Result<()> {
-    let (model, mut cfg) = load_model(&a.checkpoint, a.arch.explicit()?, device)?;
+    let (model, mut cfg) = a.checkpoint.load(a.arch.explicit()?, device)?;
     if let Some(d) = a.data {
         cfg.data.path = d;
     }
@@ -69,7 +69,10 @@ pub(super) fn cmd_figures(a: FiguresArgs, device: tch::Device) -> anyhow::Result
         tsne_points: a.tsne_points,
         damage_size: a.damage_size,
         recovery_steps: a.recovery_steps,
-        metrics: Some(a.checkpoint.with_file_name("metrics.jsonl")),
+        metrics: a
+            .checkpoint
+            .path()
+            .map(|p| p.with_file_name("metrics.jsonl")),
         ..Default::default()
     };
     for p in crate::figures::report::write_all(&model, &test, &a.out, &opts)? {

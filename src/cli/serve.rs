@@ -1,14 +1,15 @@
 //! `vnca serve`.
+use crate::shipped::ModelSource;
 use anyhow::Context;
 use clap::Args;
-use std::path::PathBuf;
 
 #[derive(Args, Debug)]
 pub struct ServeArgs {
-    /// A run's checkpoint (repeat for several models to choose from in the page).
-    /// Default: the shipped models in the crate's models/ directory.
-    #[arg(long)]
-    pub checkpoint: Vec<PathBuf>,
+    /// A run's checkpoint, or the name of a shipped model (repeat for several models to
+    /// choose from in the page). Default: every shipped model (they are built into the
+    /// binary).
+    #[arg(long, value_name = "PATH|NAME")]
+    pub checkpoint: Vec<ModelSource>,
     /// Port (0: any free one; the URL is printed).
     #[arg(long, default_value_t = 8080)]
     pub port: u16,
@@ -28,15 +29,8 @@ pub struct ServeArgs {
 
 pub(super) fn cmd_serve(a: ServeArgs, device: tch::Device) -> anyhow::Result<()> {
     use crate::serve;
-    let paths = if a.checkpoint.is_empty() {
-        let d = serve::default_checkpoint();
-        anyhow::ensure!(
-            d.is_file(),
-            "no --checkpoint given and the default model `{}` is missing; pass --checkpoint PATH \
-             (e.g. runs/mnist-doubling-small/best.safetensors, written by `vnca train`)",
-            d.display()
-        );
-        serve::default_checkpoints()
+    let sources = if a.checkpoint.is_empty() {
+        ModelSource::all_shipped()
     } else {
         a.checkpoint.clone()
     };
@@ -50,9 +44,10 @@ pub(super) fn cmd_serve(a: ServeArgs, device: tch::Device) -> anyhow::Result<()>
         a.max_batch
     );
     anyhow::ensure!(a.max_sessions >= 1, "--max-sessions must be at least 1");
-    let models = serve::load_models(&paths, device)?;
-    for (m, p) in models.iter().zip(&paths) {
-        eprintln!("model `{}` ({}) from {}", m.name, m.cfg.name, p.display());
+    let models = serve::load_models(&sources, device)?;
+    for (m, src) in models.iter().zip(&sources) {
+        let from = if src.path().is_some() { "" } else { "shipped " };
+        eprintln!("model `{}` ({}): {from}{src}", m.name, m.cfg.name);
     }
     let opts = serve::ServeOptions {
         session: serve::SessionOptions {

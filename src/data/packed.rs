@@ -52,15 +52,20 @@ pub fn write_packed(path: &Path, data: &BinarizedMnist) -> Result<(), DataError>
 
 /// Reads a file written by [`write_packed`], checking every field.
 pub fn read_packed(path: &Path) -> Result<BinarizedMnist, DataError> {
-    let raw = read_file(path)?;
-    if !is_gzip(&raw) {
+    read_packed_bytes(path, &read_file(path)?)
+}
+
+/// Reads the bytes of a file written by [`write_packed`] (one embedded in the binary,
+/// say); `path` only names it in errors.
+pub fn read_packed_bytes(path: &Path, raw: &[u8]) -> Result<BinarizedMnist, DataError> {
+    if !is_gzip(raw) {
         return Err(DataError::format(
             path,
             0,
             "not a gzip file (expected bytes 1f 8b): not a packed binarized MNIST file",
         ));
     }
-    let data = gunzip(path, &raw)?;
+    let data = gunzip(path, raw)?;
     decode(path, &data)
 }
 

@@ -6,17 +6,6 @@ use crate::model::Vnca;
 use crate::noise::NoiseSource;
 use tch::Tensor;
 
-/// A state [N, Z, h, w] rendered and centred at `size`: -> [N, C, size, size] in [0, 1].
-pub fn render_centred(model: &Vnca, state: &Tensor, size: i64) -> Tensor {
-    let img = model.render_mean(state);
-    let (h, w) = (img.size()[2], img.size()[3]);
-    if h == size && w == size {
-        return img;
-    }
-    let (top, left) = ((size - h) / 2, (size - w) / 2);
-    img.constant_pad_nd([left, size - w - left, top, size - h - top])
-}
-
 /// Grow `z` [N, Z] and return every state rendered: frames [T][N, C, S, S] (45 frames for
 /// the paper's 32x32 model: seed, 40 steps, 4 fresh doublings), and the final state.
 pub fn growth_frames(
@@ -28,7 +17,7 @@ pub fn growth_frames(
     let mut frames = Vec::new();
     let last = tch::no_grad(|| {
         model.nca.grow(z, noise, &mut |s| {
-            frames.push(render_centred(model, s, size))
+            frames.push(model.render_centred(s, size))
         })
     });
     (frames, last)
@@ -45,12 +34,11 @@ pub fn recovery_frames(
 ) -> Vec<Tensor> {
     tch::no_grad(|| {
         let mut frames = vec![model.render_mean(state)];
-        let mut s = damage(state, square.0, square.1, square.2);
+        let s = damage(state, square.0, square.1, square.2);
         frames.push(model.render_mean(&s));
-        for _ in 0..steps {
-            s = model.nca.step(&s, noise);
-            frames.push(model.render_mean(&s));
-        }
+        let _last = model
+            .nca
+            .run_steps(&s, steps, noise, &mut |s| frames.push(model.render_mean(s)));
         frames
     })
 }

@@ -350,6 +350,13 @@ impl Vnca {
         }
     }
 
+    /// A state [N, Z, h, w] rendered (the likelihood's mean) and centred on a black
+    /// canvas of the final size, as the growth figures and the web page show a grid that
+    /// is still growing: -> [N, C, size, size] in [0, 1].
+    pub fn render_centred(&self, state: &Tensor, size: i64) -> Tensor {
+        crate::dataset::pad_centred(&self.render_mean(state), size)
+    }
+
     /// Draws z ~ N(0, I) and grows the images: -> final states [n, Z, S, S].
     pub fn sample_prior(&self, n: i64, noise: &mut dyn NoiseSource) -> Tensor {
         let z = noise.normal(&[n, self.cfg.z_dim]).to_device(self.device());

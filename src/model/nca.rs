@@ -137,10 +137,22 @@ impl Nca {
         self.step_masked(state, mask.as_ref())
     }
 
-    /// `k` more NCA steps at the grid's current size (recovery after damage, and a grown
-    /// model left running): [N, Z, H, W] -> [N, Z, H, W].
-    pub fn run_steps(&self, state: &Tensor, k: usize, noise: &mut dyn NoiseSource) -> Tensor {
-        (0..k).fold(state.shallow_clone(), |s, _| self.step(&s, noise))
+    /// `k` more NCA steps at the grid's current size (recovery after damage, a grown
+    /// model left running): [N, Z, H, W] -> [N, Z, H, W]. `on_state` sees the state after
+    /// every step.
+    pub fn run_steps(
+        &self,
+        state: &Tensor,
+        k: usize,
+        noise: &mut dyn NoiseSource,
+        on_state: &mut dyn FnMut(&Tensor),
+    ) -> Tensor {
+        let mut s = state.shallow_clone();
+        for _ in 0..k {
+            s = self.step(&s, noise);
+            on_state(&s);
+        }
+        s
     }
 
     /// The seed grid: z in every cell of a 2x2 grid (doubling) or of the full grid

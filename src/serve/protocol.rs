@@ -13,11 +13,16 @@
 //! | `{"type":"speed","steps_per_second":S}` | S in [[`MIN_SPEED`], [`MAX_SPEED`]] |
 //! | `{"type":"erase","sample":I,"x":X,"y":Y,"radius":R}` | zero every channel of the cells of sample I whose centres lie within R of (X, Y); X, Y in [0, size] are pixel coordinates of the final image (a growing grid is centred, so one cell = one pixel at every stage); R in (0, [`MAX_RADIUS`]] |
 //! | `{"type":"new_latents"}` or `{"type":"new_latents","seed":N}` | draw two new latents per sample from the prior and grow again |
-//! | `{"type":"interpolate","t":T}` | T in [0, 1]: every sample's z = cos(T pi/2) z_a + sin(T pi/2) z_b (stays N(0, I)), grow again |
+//! | `{"type":"interpolate","t":T}` | T in [0, 1]: every sample's z = cos(T pi/2) z_a + sin(T pi/2) z_b (stays N(0, I)); after a drawing z = (1 - T) z_a + T z_b. A growth under way starts again; a finished one is replaced by the finished growth of the new z (the pictures morph) |
+//! | `{"type":"draw","size":S,"pixels":[...],"z":"mean"}` | a drawn digit: S x S grey levels 0..=255 (0 = background), row-major, S = the model's `draw_size`; binarized and padded as the training data, encoded (`"z"`: `"mean"` of q(z\|x), or `"sample"`), grown as one sample; z_b becomes the encoding of test digit `"test_digit":K` (optional; default: a random one) |
 //! | `{"type":"restart"}` | grow again from the current latents |
 //! | `{"type":"model","index":I}` | switch to loaded model I (new latents) |
 //! | `{"type":"batch","n":N}` | show N samples, 1 <= N <= the server's max batch (new latents) |
 //! | `{"type":"ack"}` | the client has shown a frame; see flow control below |
+//!
+//! A message that starts a new growth (`restart`, `new_latents`, `model`, `batch`, `draw`)
+//! also starts the clock. After its growth a model not trained to heal stops (a `status`
+//! with `playing: false`, phase `grown` and a notice); `play` or `step` runs it on.
 //!
 //! Flow control: a client that connects to `/ws?ack=1` promises to send `ack` for every
 //! frame it has shown, and is then never more than [`ACK_WINDOW`] frames ahead of its
@@ -30,7 +35,11 @@
 //! # Server -> client
 //! Text messages, JSON with a `type`: `hello` (once, first: the models and the limits),
 //! `status` (after every change of the session's settings: model, batch, playing, speed,
-//! t, generation, step, phase, and an optional `notice`), `error` (`message`; when the
+//! t, generation, step, phase (`growing`; `grown`: a model not trained to heal stops
+//! after its growth; `healing`: NCA steps after growth of a model trained to heal;
+//! `past training`: steps a person asked for beyond a non-healing model's growth),
+//! source (`prior` or `drawing`, with the test digit), and an optional `notice`), `error`
+//! (`message`; when the
 //! server is full it is followed by a close with code 1013).
 //!
 //! Binary messages are frames, one per update (and one after each edit), in order:
@@ -77,7 +86,25 @@ pub enum ClientMsg {
     Batch(usize),
     /// One frame shown (flow control).
     Ack,
+    /// A drawn digit (grey levels, row-major); sizes are checked by the session.
+    Draw {
+        size: usize,
+        pixels: Vec<u8>,
+        z: Posterior,
+        test_digit: Option<usize>,
+    },
 }
+
+/// Which z of q(z|x) a drawing is grown from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Posterior {
+    Mean,
+    Sample,
+}
+
+/// Largest drawing side accepted by the parser (the session then wants its model's).
+pub const MAX_DRAW_SIZE: u64 = 64;
 
 /// Frames a client that acks may be ahead of its last `ack`.
 pub const ACK_WINDOW: u64 = 4;
@@ -248,10 +275,48 @@ pub fn parse_client_message(text: &str) -> Result<ClientMsg, ProtocolError> {
             }
             ClientMsg::Batch(usize::try_from(n).unwrap_or(usize::MAX))
         }
+        "draw" => {
+            only_fields(&obj, kind, &["size", "pixels", "z", "test_digit"])?;
+            let size = index(&obj, kind, "size")?;
+            if !(1..=MAX_DRAW_SIZE).contains(&size) {
+                return err(format!(
+                    "`size` of `draw` must be in [1, {MAX_DRAW_SIZE}], got {size}"
+                ));
+            }
+            let pixels = match obj.get("pixels") {
+                Some(Value::Array(a)) => a
+                    .iter()
+                    .map(|v| v.as_u64().filter(|&p| p <= 255).map(|p| p as u8))
+                    .collect::<Option<Vec<u8>>>(),
+                Some(_) => None,
+                None => return err("`draw` needs the field `pixels`"),
+            };
+            let Some(pixels) = pixels else {
+                return err("`pixels` of `draw` must be an array of integers in [0, 255]");
+            };
+            let z = match obj.get("z") {
+                None => Posterior::Mean,
+                Some(Value::String(s)) if s == "mean" => Posterior::Mean,
+                Some(Value::String(s)) if s == "sample" => Posterior::Sample,
+                Some(_) => return err("`z` of `draw` must be \"mean\" or \"sample\""),
+            };
+            let test_digit = match obj.get("test_digit") {
+                None | Some(Value::Null) => None,
+                Some(_) => {
+                    Some(usize::try_from(index(&obj, kind, "test_digit")?).unwrap_or(usize::MAX))
+                }
+            };
+            ClientMsg::Draw {
+                size: size as usize,
+                pixels,
+                z,
+                test_digit,
+            }
+        }
         other => {
             let shown = shown_name(other);
             return err(format!(
-                "unknown message type `{shown}` (play, pause, step, speed, erase, new_latents, interpolate, restart, model, batch, ack)"
+                "unknown message type `{shown}` (play, pause, step, speed, erase, new_latents, interpolate, restart, model, batch, draw, ack)"
             ));
         }
     };
@@ -272,6 +337,12 @@ pub struct ModelInfo {
     /// Updates of one growth (NCA steps and doublings) after the seed; for the
     /// non-doubling decoder the most it may draw (`status` says this growth's).
     pub growth_steps: usize,
+    /// Trained to regrow damage (pool and damage training): runs on after growth.
+    pub heals: bool,
+    /// The colour of an erased (all-zero) cell, for drawing an erase at once.
+    pub erased_rgb: [u8; 3],
+    /// The side of the drawings it encodes (`draw`), or null when it takes none.
+    pub draw_size: Option<usize>,
 }
 
 /// The limits the client should respect (the server enforces them anyway).
@@ -297,10 +368,22 @@ pub struct Status {
     pub step: u32,
     /// Updates of this generation's growth schedule.
     pub growth_steps: usize,
-    /// "growing" (the doubling schedule) or "healing" (NCA steps at full size).
+    /// "growing", "grown", "healing" or "past training" (see the module doc).
     pub phase: &'static str,
+    /// "prior" (samples of the prior) or "drawing" (one sample: the drawn digit).
+    pub source: &'static str,
+    /// With a drawing: the test digit the slider's other end encodes, and its label.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub test_digit: Option<TestDigit>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+}
+
+/// The test digit at the far end of a drawing's interpolation.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct TestDigit {
+    pub index: usize,
+    pub label: u8,
 }
 
 /// Text messages from the server.

@@ -5,7 +5,8 @@
 //! and writes what the session sends back. Sessions are capped by a semaphore: a client
 //! beyond the cap gets an error message and a close with code 1013 (try again later).
 use super::protocol::{parse_client_message, ClientMsg, ServerMsg, HARD_MAX_MESSAGE_BYTES};
-use super::session::{self, ModelSnapshot, Outgoing, SessionOptions};
+use super::session::{self, Outgoing, SessionOptions};
+use super::snapshot::ModelSnapshot;
 use axum::extract::ws::{close_code, CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
