@@ -6,7 +6,6 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod damage_eval;
-pub mod data;
 pub mod dataset;
 pub mod device;
 pub mod eval;
@@ -18,3 +17,7 @@ pub mod objective;
 pub mod restore;
 pub mod serve;
 pub mod train;
+
+/// The file-format readers live in their own crate (`crates/vnca-data`: no tensors, no
+/// model, no config); `vnca::data::...` paths stay as they were.
+pub use vnca_data as data;

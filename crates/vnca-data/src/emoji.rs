@@ -222,7 +222,7 @@ mod tests {
             .map(PathBuf::from)
             .unwrap_or_else(|| {
                 Path::new(env!("CARGO_MANIFEST_DIR"))
-                    .join("../shared/data/noto-emoji/NotoColorEmoji.ttf")
+                    .join("../../../shared/data/noto-emoji/NotoColorEmoji.ttf")
             });
         assert!(
             path.is_file(),
