@@ -330,6 +330,51 @@ mod tests {
         );
     }
 
+    /// SHA-256 of `bytes`, hex.
+    fn digest(bytes: &[u8]) -> String {
+        use sha2::Digest;
+        format!("{:x}", sha2::Sha256::digest(bytes))
+    }
+
+    /// The whole emoji set of the real font, pinned: counts under each filter, every
+    /// name (a digest of the sorted list), a few names and pixels, and a digest of all
+    /// pixels at 16x16. Written before the sfnt parsing moved to `ttf-parser`, so that
+    /// the switch is held to reading exactly what the hand-written parser read. (An
+    /// `image` upgrade that changes its PNG decoding or Triangle filter would change
+    /// the pixel digest alone.)
+    #[test]
+    fn real_font_pinned_set_names_and_pixels() {
+        let path = real_font();
+        let all = read_font(&path, &opts(16)).unwrap();
+        let names: Vec<&str> = all.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names.len(), 3926);
+        assert_eq!(&names[..4], ["u0023", "u0023_20E3", "u002A", "u002A_20E3"]);
+        assert_eq!(names[names.len() - 1], "u3299");
+        assert_eq!(
+            digest(names.join("\n").as_bytes()),
+            "35270c6c5444e8cffbbd94ae38706592560dd13746d36f7e8db044a6d7cc7d6d"
+        );
+        let rgb: Vec<u8> = all.iter().flat_map(|e| e.rgb.iter().copied()).collect();
+        assert_eq!(
+            digest(&rgb),
+            "6237bc8fe996a2d2cceaf5686139b90a7fa70c9ac822baaf05b41c75a775cefd"
+        );
+        let find = |n: &str| all.iter().find(|e| e.name == n).unwrap();
+        assert_eq!(pixel(find("u1F600"), 16, 8, 8), [252, 219, 45]);
+        assert_eq!(pixel(find("u1F1FA_1F1F8"), 16, 8, 8), [216, 144, 153]);
+        assert_eq!(pixel(find("u1F44D_1F3FF"), 16, 8, 6), [108, 79, 70]);
+        for (drop_flags, drop_skin_tones, n) in
+            [(true, false, 3575), (false, true, 2036), (true, true, 1685)]
+        {
+            let o = EmojiOptions {
+                size: 1,
+                drop_flags,
+                drop_skin_tones,
+            };
+            assert_eq!(read_font(&path, &o).unwrap().len(), n, "{o:?}");
+        }
+    }
+
     #[test]
     fn real_font_filters_apply() {
         let o = EmojiOptions {

@@ -423,7 +423,7 @@ fn png_files() -> impl Strategy<Value = Vec<(String, Pic, Vec<Mutation>)>> {
         (
             prop::sample::select(&PNG_NAMES[..]).prop_map(str::to_string),
             bitmap(),
-            prop::collection::vec(mutation(), 0..3),
+            prop::collection::vec(FONTS.mutation(), 0..3),
         ),
         1..4,
     )

@@ -436,7 +436,7 @@ struct FileSpec {
 fn file_spec() -> impl Strategy<Value = FileSpec> {
     (
         picture(),
-        prop::collection::vec(mutation(), 0..5),
+        prop::collection::vec(PICTURES.mutation(), 0..5),
         any::<bool>(),
         extension(),
     )
