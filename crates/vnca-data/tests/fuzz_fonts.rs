@@ -552,7 +552,8 @@ fn cmap_with_shared_subtables_is_bounded() {
 #[test]
 fn cblc_with_shared_subtables_is_bounded() {
     // The CBLC index array lists one format 2 subtable 8000 times, each time for glyphs
-    // 0..=65535 of 0 bytes: half a billion locations from 64 KB.
+    // 0..=65535 of 0 bytes, and `maxp` claims 65535 glyphs: each glyph's lookup walks
+    // the records, half a billion record reads from 64 KB.
     let good = small_font();
     let (cblc, _) = table(&good, b"CBLC");
     let mut t = good[cblc..cblc + 56].to_vec();
@@ -560,6 +561,7 @@ fn cblc_with_shared_subtables_is_bounded() {
     t[8..12].copy_from_slice(&56u32.to_be_bytes()); // index array offset
     t[12..16].copy_from_slice(&(8 * count + 16).to_be_bytes()); // index tables size
     t[16..20].copy_from_slice(&count.to_be_bytes());
+    t[48..52].copy_from_slice(&[0, 0, 0xff, 0xff]); // the strike's glyph range
     for _ in 0..count {
         be16(&mut t, &[0, 0xffff]);
         t.extend_from_slice(&(8 * count).to_be_bytes());
@@ -568,7 +570,9 @@ fn cblc_with_shared_subtables_is_bounded() {
     t.extend_from_slice(&0u32.to_be_bytes());
     t.extend_from_slice(&0u32.to_be_bytes()); // image size 0: no bitmap
     t.extend_from_slice(&[0; 8]);
-    let font = with_table(&good, b"CBLC", &t);
+    let mut font = with_table(&good, b"CBLC", &t);
+    let (maxp, _) = table(&font, b"maxp");
+    font[maxp + 4..maxp + 6].copy_from_slice(&u16::MAX.to_be_bytes());
     let (_dir, path) = read_path(&font);
     let start = std::time::Instant::now();
     let (res, peak) = largest_allocation(|| read_font(&path, &EmojiOptions::default()));
@@ -582,20 +586,15 @@ fn cblc_with_shared_subtables_is_bounded() {
 }
 
 #[test]
-fn table_tags_are_escaped_in_errors() {
-    // Found by `font_survives_mutations`: a table tag of NUL bytes went into the error.
+fn odd_table_tags_make_one_line_errors() {
+    // Found by `font_survives_mutations` when the sfnt parsing was ours: a table tag of
+    // NUL bytes went into the error. `ttf-parser` does not echo tags; keep the check.
     let mut font = small_font();
     font[12..16].copy_from_slice(b"C\0\0\0");
     font[20..24].copy_from_slice(&0x4200_0000u32.to_be_bytes());
     let (_dir, path) = read_path(&font);
-    let e = read_font(&path, &EmojiOptions::default())
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains(&path.display().to_string()), "{e}");
-    assert!(
-        e.contains("table `C\\u{0}\\u{0}\\u{0}` claims bytes"),
-        "{e}"
-    );
+    let e = read_font(&path, &EmojiOptions::default()).unwrap_err();
+    check_error(&e, &[&path]).unwrap();
 }
 
 #[test]
