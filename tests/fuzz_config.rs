@@ -21,24 +21,15 @@ use std::sync::OnceLock;
 use vnca::config::Config;
 use vnca::model::Vnca;
 use vnca::train::checkpoint::{self, CheckpointError, Loaded, Meta};
-use vnca_fuzzing::alloc::{largest_allocation as measure, PeakAlloc, Scope};
+use vnca_fuzzing::alloc::Scope;
 use vnca_fuzzing::mutate::{mutate, Dialect, Mutation, Weights};
 use vnca_fuzzing::{check_error, check_error_newline_only, input};
-
-#[global_allocator]
-static GLOBAL: PeakAlloc = PeakAlloc;
-
-/// The readers are single-threaded: count this thread's allocations, tests in parallel.
-fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    measure(Scope::ThisThread, f)
-}
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 256;
 
-fn config() -> ProptestConfig {
-    vnca_fuzzing::config(DEFAULT_CASES)
-}
+// Single-threaded readers: count this thread's allocations, with the tests in parallel.
+vnca_fuzzing::fuzz_binary!(scope: Scope::ThisThread, cases: DEFAULT_CASES);
 
 // ---------------------------------------------------------------------------------------
 // Mutations: TOML punctuation for configs, the little-endian u64 header length of

@@ -30,32 +30,18 @@ use proptest::prelude::*;
 use std::path::PathBuf;
 use testfont::{build, png, table, Spec};
 use vnca_data::emoji::{has_skin_tone, is_flag, read_font, read_png_folder, Emoji, EmojiOptions};
-use vnca_fuzzing::alloc::{largest_allocation as measure, PeakAlloc, Scope};
+use vnca_fuzzing::alloc::Scope;
 use vnca_fuzzing::check_error;
 use vnca_fuzzing::mutate::{mutate, Dialect, Mutation, Weights};
-
-#[global_allocator]
-static GLOBAL: PeakAlloc = PeakAlloc;
-
-/// The readers decode on several threads: count every thread's allocations, one read
-/// at a time.
-fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    measure(Scope::AllThreads, f)
-}
 
 /// Our fonts are a few KB; their offsets and counts may claim up to 2^32.
 const ALLOC_LIMIT: usize = 64 << 20;
 
-fn check_alloc(peak: usize) -> Result<(), TestCaseError> {
-    vnca_fuzzing::check_alloc(peak, ALLOC_LIMIT)
-}
-
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 256;
 
-fn config() -> ProptestConfig {
-    vnca_fuzzing::config(DEFAULT_CASES)
-}
+// The readers decode on several threads: count them all, one read at a time.
+vnca_fuzzing::fuzz_binary!(scope: Scope::AllThreads, cases: DEFAULT_CASES, alloc_limit: ALLOC_LIMIT);
 
 // ---------------------------------------------------------------------------------------
 // Mutations: sfnt fields are big-endian u16 and u32 words (counts, offsets, format

@@ -21,33 +21,19 @@ use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
 use vnca_data::celeba::{read_partition, read_split};
 use vnca_data::folder::read_folder;
-use vnca_fuzzing::alloc::{largest_allocation as measure, PeakAlloc, Scope};
+use vnca_fuzzing::alloc::Scope;
 use vnca_fuzzing::check_error;
 use vnca_fuzzing::mutate::{mutate, Dialect, Mutation, Weights};
-
-#[global_allocator]
-static GLOBAL: PeakAlloc = PeakAlloc;
-
-/// The readers decode on several threads: count every thread's allocations, one read
-/// at a time.
-fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    measure(Scope::AllThreads, f)
-}
 
 /// Our inputs are at most tens of KB; a header may claim up to 2^32 x 2^32 pixels, and
 /// the reader lets the decoder allocate up to its cap before the data turns out missing.
 const ALLOC_LIMIT: usize = vnca_data::folder::MAX_DECODED_BYTES as usize;
 
-fn check_alloc(peak: usize) -> Result<(), TestCaseError> {
-    vnca_fuzzing::check_alloc(peak, ALLOC_LIMIT)
-}
-
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 256;
 
-fn config() -> ProptestConfig {
-    vnca_fuzzing::config(DEFAULT_CASES)
-}
+// The readers decode on several threads: count them all, one read at a time.
+vnca_fuzzing::fuzz_binary!(scope: Scope::AllThreads, cases: DEFAULT_CASES, alloc_limit: ALLOC_LIMIT);
 
 // ---------------------------------------------------------------------------------------
 // Mutations: PNG chunk lengths and dimensions (big-endian u32), JPEG segment lengths

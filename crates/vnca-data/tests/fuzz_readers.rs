@@ -16,32 +16,19 @@
 use proptest::prelude::*;
 use std::io::Write;
 use vnca_data::{self as data, BinarizedMnist, ImageSet};
-use vnca_fuzzing::alloc::{largest_allocation as measure, PeakAlloc, Scope};
+use vnca_fuzzing::alloc::Scope;
 use vnca_fuzzing::mutate::{mutate, Dialect, Mutation, Weights};
 use vnca_fuzzing::{check_error, input};
-
-#[global_allocator]
-static GLOBAL: PeakAlloc = PeakAlloc;
-
-/// The readers are single-threaded: count this thread's allocations, tests in parallel.
-fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    measure(Scope::ThisThread, f)
-}
 
 /// Generous for our inputs (at most tens of KB, inflating to at most a few MB), and far
 /// below what any corrupt length field in them claims (up to 2^64).
 const ALLOC_LIMIT: usize = 64 << 20;
 
-fn check_alloc(peak: usize) -> Result<(), TestCaseError> {
-    vnca_fuzzing::check_alloc(peak, ALLOC_LIMIT)
-}
-
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 256;
 
-fn config() -> ProptestConfig {
-    vnca_fuzzing::config(DEFAULT_CASES)
-}
+// Single-threaded readers: count this thread's allocations, with the tests in parallel.
+vnca_fuzzing::fuzz_binary!(scope: Scope::ThisThread, cases: DEFAULT_CASES, alloc_limit: ALLOC_LIMIT);
 
 // ---------------------------------------------------------------------------------------
 // Mutations of valid files: big-endian header words (IDX dimensions, magic numbers),

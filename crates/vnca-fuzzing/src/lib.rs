@@ -15,6 +15,38 @@
 pub mod alloc;
 pub mod mutate;
 
+/// For [`fuzz_binary!`]'s expansion.
+pub use proptest;
+
+/// The preamble of a fuzz test binary: installs [`alloc::PeakAlloc`] as its global
+/// allocator and defines `largest_allocation(f)` (the largest single allocation `f`
+/// makes, counted over `scope`, an [`alloc::Scope`]), `config()` (`cases` per property
+/// unless `PROPTEST_CASES` says otherwise) and, given `alloc_limit`, `check_alloc(peak)`.
+#[macro_export]
+macro_rules! fuzz_binary {
+    (scope: $scope:expr, cases: $cases:expr, alloc_limit: $limit:expr) => {
+        $crate::fuzz_binary!(scope: $scope, cases: $cases);
+
+        fn check_alloc(
+            peak: usize,
+        ) -> ::std::result::Result<(), $crate::proptest::test_runner::TestCaseError> {
+            $crate::check_alloc(peak, $limit)
+        }
+    };
+    (scope: $scope:expr, cases: $cases:expr) => {
+        #[global_allocator]
+        static GLOBAL: $crate::alloc::PeakAlloc = $crate::alloc::PeakAlloc;
+
+        fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
+            $crate::alloc::largest_allocation($scope, f)
+        }
+
+        fn config() -> $crate::proptest::test_runner::Config {
+            $crate::config($cases)
+        }
+    };
+}
+
 use proptest::prelude::*;
 use proptest::test_runner::{Config as ProptestConfig, FileFailurePersistence};
 use std::path::{Path, PathBuf};
