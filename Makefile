@@ -17,12 +17,12 @@ train: build
 
 lint: setup
 	cargo fmt --all -- --check
-	cargo clippy --release --all-targets -- -D warnings
+	cargo clippy --release --workspace --all-targets -- -D warnings
 
-# Format and lint checks, then every test (numerics against PyTorch fixtures, readers,
-# checkpoints, CLI end to end).
+# Format and lint checks, then every test of every workspace member (numerics against
+# PyTorch fixtures, checkpoints, CLI end to end; the data readers in crates/vnca-data).
 test: lint
-	cargo test --release
+	cargo test --release --workspace
 
 # The web UI in headless Chromium (installs Debian's chromium and playwright-core if
 # missing), every shipped model: growth that holds, a drawn digit grown and healed, the

@@ -7,7 +7,6 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 pub mod damage_eval;
-pub mod data;
 pub mod dataset;
 pub mod device;
 pub mod eval;
@@ -21,3 +20,7 @@ pub mod restore;
 pub mod serve;
 pub mod shipped;
 pub mod train;
+
+/// The file-format readers live in their own crate (`crates/vnca-data`: no tensors, no
+/// model, no config); `vnca::data::...` paths stay as they were.
+pub use vnca_data as data;

@@ -19,7 +19,7 @@
 //!   header and pixels.
 //!
 //! Cases per property: [`DEFAULT_CASES`], or `PROPTEST_CASES=N` (see docs/RELIABILITY.md).
-mod fuzzing;
+
 use proptest::prelude::*;
 use serde_json::Value;
 use vnca::serve::protocol::{
@@ -38,7 +38,7 @@ const DEFAULT_CASES: u32 = 4096;
 const MAX_ERROR_CHARS: usize = 300;
 
 fn config() -> ProptestConfig {
-    fuzzing::config(DEFAULT_CASES)
+    vnca_fuzzing::config(DEFAULT_CASES)
 }
 
 /// The text shown for an input in a failure message (inputs can be 64 KiB).

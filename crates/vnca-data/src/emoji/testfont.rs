@@ -1,5 +1,6 @@
 //! Builds small synthetic colour-bitmap fonts for the reader's tests: every
-//! index and glyph format, cmap 4 and 12, `post` names, GSUB ligatures.
+//! index and glyph format, cmap 4 and 12, `post` names, GSUB ligatures. Tables
+//! are written in tag order, as the sfnt directory requires.
 
 use std::io::Cursor;
 
@@ -76,6 +77,13 @@ pub fn build(spec: &Spec) -> Vec<u8> {
     tables.push((b"CBLC", cblc));
     tables.push((b"GSUB", gsub(spec)));
     tables.push((b"cmap", cmap(spec)));
+    // `head` and `hhea`, which every font has and `ttf-parser` requires: 2048 units
+    // per em, short `loca` offsets; the metrics are not read.
+    let mut head = vec![0; 54];
+    head[..4].copy_from_slice(&0x0001_0000u32.to_be_bytes());
+    head[18..20].copy_from_slice(&2048u16.to_be_bytes());
+    tables.push((b"head", head));
+    tables.push((b"hhea", vec![0; 36]));
     let mut maxp = Vec::new();
     u32s(&mut maxp, &[0x5000]);
     u16s(&mut maxp, &[spec.num_glyphs]);

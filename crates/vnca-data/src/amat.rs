@@ -103,12 +103,13 @@ fn parse_line(
     Ok(())
 }
 
-/// A token as text for an error message, shortened if huge.
+/// A token as text for a one-line error message: control characters and line
+/// separators escaped (a token is anything between ASCII spaces), shortened if huge.
 fn shown(token: &[u8]) -> String {
-    let s = String::from_utf8_lossy(token);
+    let s = super::folder::escape_controls(&String::from_utf8_lossy(token));
     match s.char_indices().nth(20) {
         Some((i, _)) => format!("{}...", &s[..i]),
-        None => s.into_owned(),
+        None => s,
     }
 }
 
@@ -240,5 +241,19 @@ mod tests {
             cols: 2,
         };
         assert!(write_amat(&p, &odd).is_err());
+    }
+
+    /// Found by the shared error check of the fuzz tests: a token holding a control
+    /// character or a line separator was echoed raw into the error.
+    #[test]
+    fn echoed_tokens_are_escaped() {
+        let e = parse("0 0\u{e}0 1\u{2028}").unwrap_err().to_string();
+        assert!(
+            e.ends_with("column 2: value `0\\u{e}0` is not 0 or 1"),
+            "{e}"
+        );
+        assert!(!e.chars().any(char::is_control), "{e:?}");
+        let e = parse("\u{2028}").unwrap_err().to_string();
+        assert!(e.ends_with("value `\\u{2028}` is not 0 or 1"), "{e}");
     }
 }

@@ -24,17 +24,20 @@
 //! Should two glyphs still end up with one name, later ones get `.<id>`.
 
 use super::super::DataError;
-use super::sfnt::Font;
-use super::{cmap, gsub};
+use super::font::{is_pua, Font};
 use std::collections::{HashMap, HashSet};
 
 /// The name of each glyph in `glyphs` (same order).
 pub(super) fn glyph_names(font: &Font, glyphs: &[u16]) -> Result<Vec<String>, DataError> {
-    let num_glyphs = font.num_glyphs()?;
-    let post = post_names(font, num_glyphs)?;
-    let cps = cmap::code_points(font, num_glyphs)?;
+    let post: Vec<Option<String>> = font
+        .post_names()
+        .into_iter()
+        .map(|n| n.map(|n| parse_seq_name(&n).map_or(n, |s| seq_name(&s))))
+        .collect();
+    let cps = font.code_points()?;
     let cp = |g: u16| cps.get(usize::from(g)).copied().flatten();
-    let mut spellings: Vec<(u16, Vec<u32>)> = gsub::ligatures(font)?
+    let mut spellings: Vec<(u16, Vec<u32>)> = font
+        .ligatures()?
         .into_iter()
         .filter_map(|(g, seq)| Some((g, seq.into_iter().map(cp).collect::<Option<Vec<u32>>>()?)))
         .collect();
@@ -47,7 +50,7 @@ pub(super) fn glyph_names(font: &Font, glyphs: &[u16]) -> Result<Vec<String>, Da
                 .get(usize::from(g))
                 .cloned()
                 .flatten()
-                .or_else(|| cp(g).filter(|&c| !cmap::is_pua(c)).map(|c| seq_name(&[c])))
+                .or_else(|| cp(g).filter(|&c| !is_pua(c)).map(|c| seq_name(&[c])))
                 .or_else(|| chain.get(&g).map(|s| seq_name(s)))
                 .or_else(|| cp(g).map(|c| seq_name(&[c])))
                 .unwrap_or_else(|| format!("glyph{g}"));
@@ -87,46 +90,6 @@ fn increasing_chain(pairs: &mut [(u16, Vec<u32>)]) -> HashMap<u16, Vec<u32>> {
         chosen.insert(*g, seq.clone()); // descending per glyph: the smallest lands last
     }
     chosen
-}
-
-/// Custom glyph names of a `post` format 2 table, normalised by
-/// [`seq_name`] when they spell code points; standard Macintosh names
-/// (indices below 258: `.notdef`, `space`, ...) are left out.
-fn post_names(font: &Font, num_glyphs: u16) -> Result<Vec<Option<String>>, DataError> {
-    let Some(post) = font.table("post") else {
-        return Ok(Vec::new());
-    };
-    if post.u32(0)? != 0x0002_0000 {
-        return Ok(Vec::new());
-    }
-    let count = usize::from(post.u16(32)?.min(num_glyphs));
-    let mut strings = Vec::new();
-    let mut at = 34 + 2 * usize::from(post.u16(32)?);
-    while at < post.len() {
-        let len = usize::from(post.u8(at)?);
-        strings.push(String::from_utf8_lossy(post.bytes(at + 1, len)?).into_owned());
-        at += 1 + len;
-    }
-    (0..count)
-        .map(|g| {
-            let index = usize::from(post.u16(34 + 2 * g)?);
-            if index < 258 {
-                return Ok(None);
-            }
-            let name = strings.get(index - 258).ok_or_else(|| {
-                post.error(
-                    34 + 2 * g,
-                    format_args!(
-                        "glyph {g} uses name {index}, but the table has {} names",
-                        strings.len()
-                    ),
-                )
-            })?;
-            Ok(Some(
-                parse_seq_name(name).map_or_else(|| name.clone(), |s| seq_name(&s)),
-            ))
-        })
-        .collect()
 }
 
 /// `u` + upper-case hex code points (at least 4 digits) joined by `_`.

@@ -173,8 +173,13 @@ pub(super) fn decode(
 /// separators escaped (decoder messages can end in a newline; echoed file
 /// content can hold anything).
 pub(super) fn one_line(text: &str) -> String {
+    escape_controls(text.trim())
+}
+
+/// `text` with control characters and line separators escaped (`\u{e}`).
+pub(super) fn escape_controls(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
-    for c in text.trim().chars() {
+    for c in text.chars() {
         if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
             out.extend(c.escape_default());
         } else {

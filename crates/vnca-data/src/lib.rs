@@ -191,12 +191,14 @@ mod tests {
     }
 
     /// Where the real MNIST files are: `VNCA_MNIST_DIR`, else the project's
-    /// `../shared/data/mnist`. The tests need them (CI has them): a missing copy is a
+    /// `shared/data/mnist` beside the workspace. The tests need them (CI has them): a missing copy is a
     /// failure, not a silent skip. Returns `Some` always; the Option keeps call sites terse.
     pub(crate) fn real_mnist_dir() -> Option<PathBuf> {
         let dir = std::env::var_os("VNCA_MNIST_DIR")
             .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/mnist"));
+            .unwrap_or_else(|| {
+                Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/mnist")
+            });
         assert!(
             dir.join("train-images-idx3-ubyte.gz").is_file(),
             "real MNIST not found in `{}` (set VNCA_MNIST_DIR)",

@@ -15,248 +15,61 @@
 //! over all threads (the readers decode on several threads), with the reads serialised.
 //!
 //! Cases per property: [`DEFAULT_CASES`], or `PROPTEST_CASES=N` (see docs/RELIABILITY.md).
-mod fuzzing;
 use image::{DynamicImage, ImageBuffer, ImageFormat};
 use proptest::prelude::*;
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::io::{Cursor, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed};
-use std::sync::Mutex;
-use vnca::data::celeba::{read_partition, read_split};
-use vnca::data::folder::read_folder;
-
-// ---------------------------------------------------------------------------------------
-// Allocation guard: the largest single allocation request made by any thread while armed.
-
-struct PeakAlloc;
-
-static ARMED: AtomicBool = AtomicBool::new(false);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
-
-fn note(size: usize) {
-    if ARMED.load(Relaxed) {
-        PEAK.fetch_max(size, Relaxed);
-    }
-}
-
-unsafe impl GlobalAlloc for PeakAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        note(layout.size());
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        note(new_size);
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
-#[global_allocator]
-static GLOBAL: PeakAlloc = PeakAlloc;
-
-/// One measured read at a time: the readers spawn decoding threads, so the peak is
-/// process-wide and two reads must not overlap.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-struct Disarm;
-
-impl Drop for Disarm {
-    fn drop(&mut self) {
-        ARMED.store(false, Relaxed);
-    }
-}
-
-/// Runs `f` and returns its result with the largest single allocation requested meanwhile.
-fn largest_allocation<T>(f: impl FnOnce() -> T) -> (T, usize) {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    PEAK.store(0, Relaxed);
-    ARMED.store(true, Relaxed);
-    let disarm = Disarm;
-    let out = f();
-    drop(disarm);
-    (out, PEAK.load(Relaxed))
-}
+use vnca_data::celeba::{read_partition, read_split};
+use vnca_data::folder::read_folder;
+use vnca_fuzzing::alloc::Scope;
+use vnca_fuzzing::check_error;
+use vnca_fuzzing::mutate::{mutate, Dialect, Mutation, Weights};
 
 /// Our inputs are at most tens of KB; a header may claim up to 2^32 x 2^32 pixels, and
 /// the reader lets the decoder allocate up to its cap before the data turns out missing.
-const ALLOC_LIMIT: usize = vnca::data::folder::MAX_DECODED_BYTES as usize;
-
-fn check_alloc(peak: usize) -> Result<(), TestCaseError> {
-    prop_assert!(
-        peak <= ALLOC_LIMIT,
-        "a single allocation of {peak} bytes while reading small files"
-    );
-    Ok(())
-}
-
-// ---------------------------------------------------------------------------------------
-// Configuration.
+const ALLOC_LIMIT: usize = vnca_data::folder::MAX_DECODED_BYTES as usize;
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 256;
 
-fn config() -> ProptestConfig {
-    fuzzing::config(DEFAULT_CASES)
-}
+// The readers decode on several threads: count them all, one read at a time.
+vnca_fuzzing::fuzz_binary!(scope: Scope::AllThreads, cases: DEFAULT_CASES, alloc_limit: ALLOC_LIMIT);
 
 // ---------------------------------------------------------------------------------------
-// Mutations (as in tests/fuzz_readers.rs).
+// Mutations: PNG chunk lengths and dimensions (big-endian u32), JPEG segment lengths
+// (big-endian u16), PNG colour types and bit depths, JPEG markers.
 
-#[derive(Clone, Debug)]
-enum Mutation {
-    Flip { at: Pos, bit: u8 },
-    Set { at: Pos, byte: u8 },
-    SetU32Be { at: Pos, value: u32 },
-    SetU16Be { at: Pos, value: u16 },
-    Truncate { len: Pos },
-    Insert { at: Pos, bytes: Vec<u8> },
-    Remove { at: Pos, len: usize },
-    Duplicate { at: Pos, len: usize },
-}
-
-/// A position in the file: `hot` ones fall in the first bytes (headers), the others
-/// anywhere.
-#[derive(Clone, Copy, Debug)]
-struct Pos {
-    raw: usize,
-    hot: bool,
-}
-
-impl Pos {
-    fn resolve(self, len: usize, hot_len: usize) -> usize {
-        let range = if self.hot { hot_len.min(len) } else { len };
-        self.raw % (range + 1)
-    }
-}
-
-fn pos() -> impl Strategy<Value = Pos> {
-    (any::<usize>(), any::<bool>()).prop_map(|(raw, hot)| Pos { raw, hot })
-}
-
-fn interesting_u32() -> impl Strategy<Value = u32> {
-    prop_oneof![
-        Just(0u32),
-        Just(1),
-        Just(2),
-        Just(0x0000_ffff),
-        Just(0x0001_0000),
-        Just(0x7fff_ffff),
-        Just(0x8000_0000),
-        Just(u32::MAX),
-        any::<u32>(),
-    ]
-}
-
-fn interesting_u16() -> impl Strategy<Value = u16> {
-    prop_oneof![
-        Just(0u16),
-        Just(1),
-        Just(2),
-        Just(0xff),
-        Just(0x7fff),
-        Just(0xffff),
-        any::<u16>(),
-    ]
-}
-
-fn interesting_byte() -> impl Strategy<Value = u8> {
-    prop_oneof![
-        Just(0u8),
-        Just(1),
-        Just(2),
-        Just(3),
-        Just(4),
-        Just(6),
-        Just(8),
-        Just(16),
-        Just(0x7f),
-        Just(0x80),
-        Just(0xc0),
-        Just(0xc2),
-        Just(0xd8),
-        Just(0xda),
-        Just(0xff),
-        any::<u8>(),
-    ]
-}
-
-fn mutation() -> impl Strategy<Value = Mutation> {
-    prop_oneof![
-        3 => (pos(), 0u8..8).prop_map(|(at, bit)| Mutation::Flip { at, bit }),
-        3 => (pos(), interesting_byte()).prop_map(|(at, byte)| Mutation::Set { at, byte }),
-        2 => (pos(), interesting_u32()).prop_map(|(at, value)| Mutation::SetU32Be { at, value }),
-        2 => (pos(), interesting_u16()).prop_map(|(at, value)| Mutation::SetU16Be { at, value }),
-        2 => pos().prop_map(|len| Mutation::Truncate { len }),
-        2 => (pos(), prop::collection::vec(interesting_byte(), 1..16))
-            .prop_map(|(at, bytes)| Mutation::Insert { at, bytes }),
-        2 => (pos(), 1usize..64).prop_map(|(at, len)| Mutation::Remove { at, len }),
-        1 => (pos(), 1usize..64).prop_map(|(at, len)| Mutation::Duplicate { at, len }),
-    ]
-}
+const PICTURES: Dialect = Dialect {
+    weights: Weights {
+        flip: 3,
+        set: 3,
+        set_u16: 2,
+        set_u32: 2,
+        set_u64: 0,
+        truncate: 2,
+        insert: 2,
+        remove: 2,
+        duplicate: 1,
+    },
+    bytes: &[
+        0, 1, 2, 3, 4, 6, 8, 16, 0x7f, 0x80, 0xc0, 0xc2, 0xd8, 0xda, 0xff,
+    ],
+    u16s: &[0, 1, 2, 0xff, 0x7fff, 0xffff],
+    u32s: &[
+        0,
+        1,
+        2,
+        0x0000_ffff,
+        0x0001_0000,
+        0x7fff_ffff,
+        0x8000_0000,
+        u32::MAX,
+    ],
+    u64s: &[],
+};
 
 fn mutations() -> impl Strategy<Value = Vec<Mutation>> {
-    prop::collection::vec(mutation(), 1..5)
-}
-
-/// Applies `muts` in order; `hot_len` is the size of the header region.
-fn mutate(data: &[u8], muts: &[Mutation], hot_len: usize) -> Vec<u8> {
-    let mut d = data.to_vec();
-    for m in muts {
-        let len = d.len();
-        match m {
-            Mutation::Flip { at, bit } => {
-                if len > 0 {
-                    let i = at.resolve(len - 1, hot_len);
-                    d[i] ^= 1 << bit;
-                }
-            }
-            Mutation::Set { at, byte } => {
-                if len > 0 {
-                    let i = at.resolve(len - 1, hot_len);
-                    d[i] = *byte;
-                }
-            }
-            Mutation::SetU32Be { at, value } => {
-                if len >= 4 {
-                    let i = at.resolve(len - 4, hot_len);
-                    d[i..i + 4].copy_from_slice(&value.to_be_bytes());
-                }
-            }
-            Mutation::SetU16Be { at, value } => {
-                if len >= 2 {
-                    let i = at.resolve(len - 2, hot_len);
-                    d[i..i + 2].copy_from_slice(&value.to_be_bytes());
-                }
-            }
-            Mutation::Truncate { len: keep } => {
-                let keep = keep.resolve(len, hot_len);
-                d.truncate(keep);
-            }
-            Mutation::Insert { at, bytes } => {
-                let i = at.resolve(len, hot_len);
-                d.splice(i..i, bytes.iter().copied());
-            }
-            Mutation::Remove { at, len: n } => {
-                let i = at.resolve(len, hot_len);
-                let end = (i + n).min(len);
-                d.drain(i..end);
-            }
-            Mutation::Duplicate { at, len: n } => {
-                let i = at.resolve(len, hot_len);
-                let end = (i + n).min(len);
-                let copy = d[i..end].to_vec();
-                d.splice(end..end, copy);
-            }
-        }
-    }
-    d
+    PICTURES.mutations()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -557,31 +370,13 @@ fn channels() -> impl Strategy<Value = u8> {
     prop_oneof![Just(1u8), Just(3)]
 }
 
-/// The error names `path`, fits on one line, and holds no control character (an
-/// echoed `\r` or escape sequence would garble a terminal).
-fn check_error(e: &dyn std::fmt::Display, paths: &[PathBuf]) -> Result<(), TestCaseError> {
-    let msg = e.to_string();
-    prop_assert!(
-        paths
-            .iter()
-            .any(|p| msg.contains(&format!("`{}`", p.display()))),
-        "error names none of {paths:?}: {msg}"
-    );
-    prop_assert!(
-        !msg.chars()
-            .any(|c| c.is_control() || c == '\u{2028}' || c == '\u{2029}'),
-        "error spans several lines or holds control characters: {msg:?}"
-    );
-    Ok(())
-}
-
 /// Writes `files` into a fresh folder, reads it, and checks the properties. Returns the
 /// folder read, if it was accepted.
 fn check_folder(
     files: &[(String, Vec<u8>)],
     size: u32,
     channels: u8,
-) -> Result<Option<vnca::data::folder::ImageFolder>, TestCaseError> {
+) -> Result<Option<vnca_data::folder::ImageFolder>, TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     for (name, bytes) in files {
         std::fs::write(dir.path().join(name), bytes).unwrap();
@@ -627,7 +422,7 @@ struct FileSpec {
 fn file_spec() -> impl Strategy<Value = FileSpec> {
     (
         picture(),
-        prop::collection::vec(mutation(), 0..5),
+        prop::collection::vec(PICTURES.mutation(), 0..5),
         any::<bool>(),
         extension(),
     )
@@ -642,7 +437,7 @@ fn file_spec() -> impl Strategy<Value = FileSpec> {
 impl FileSpec {
     fn bytes(&self) -> Vec<u8> {
         let valid = self.picture.encode();
-        let mut d = mutate(&valid, &self.muts, header_len(&valid));
+        let mut d = mutate(&valid, &self.muts, &[(0, header_len(&valid))]);
         if self.fix_crcs {
             fix_png_crcs(&mut d);
         }
@@ -844,7 +639,7 @@ fn huge_jpeg_header_is_an_error() {
         std::fs::write(&path, claim_dimensions(jpeg.get_ref(), w, h)).unwrap();
         let (res, peak) = largest_allocation(|| read_folder(dir.path(), 8, 3));
         assert!(peak <= ALLOC_LIMIT, "{w}x{h}: allocation of {peak} bytes");
-        if u64::from(w) * u64::from(h) * 4 > vnca::data::folder::MAX_DECODED_BYTES {
+        if u64::from(w) * u64::from(h) * 4 > vnca_data::folder::MAX_DECODED_BYTES {
             let e = res.unwrap_err().to_string();
             assert!(e.contains(&path.display().to_string()), "{e}");
         }
@@ -1075,7 +870,7 @@ proptest! {
     #[test]
     fn partition_survives_byte_mutations(p in partition(), muts in mutations()) {
         let text = p.text();
-        check_partition(&mutate(text.as_bytes(), &muts, text.len()))?;
+        check_partition(&mutate(text.as_bytes(), &muts, &[(0, text.len())]))?;
     }
 }
 
@@ -1193,7 +988,7 @@ proptest! {
                 TreeDamage::Image(i, muts) => {
                     let f = &images[i % images.len()];
                     if let Ok(valid) = std::fs::read(f) {
-                        std::fs::write(f, mutate(&valid, muts, header_len(&valid))).unwrap();
+                        std::fs::write(f, mutate(&valid, muts, &[(0, header_len(&valid))])).unwrap();
                     }
                 }
                 TreeDamage::Partition(edits) => {
