@@ -82,7 +82,7 @@ pub struct Config {
     pub train: TrainConfig,
 }
 
-/// Which decoder grows the image from z (PAPER.md 3.3).
+/// Which decoder grows the image from z (docs/REFERENCE.md §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum DecoderKind {
@@ -92,7 +92,7 @@ pub enum DecoderKind {
     NonDoubling,
 }
 
-/// The update network's architecture (PAPER.md 3.5).
+/// The update network's architecture (docs/REFERENCE.md §2).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateNetKind {
@@ -249,7 +249,7 @@ pub struct TrainConfig {
     /// GPUs with little memory; off by default.
     #[serde(default)]
     pub grad_checkpointing: bool,
-    /// Pool and damage training (non-doubling models only; PAPER.md 4.6).
+    /// Pool and damage training (non-doubling models only; docs/REFERENCE.md §4.1).
     #[serde(default)]
     pub pool: Option<PoolConfig>,
     /// Seed of every random stream (init, data order, noise).

@@ -1,5 +1,5 @@
 //! Test log-likelihood: the IWAE-K bound per image, its mean and standard error over the
-//! images evaluated, in nats per image and bits per dimension (PAPER.md 5.2, 5.6).
+//! images evaluated, in nats per image and bits per dimension (docs/REFERENCE.md §3).
 use crate::config::{LikelihoodKind, ModelConfig};
 use crate::dataset::Split;
 use crate::model::Vnca;
@@ -187,7 +187,7 @@ mod tests {
         assert_eq!(r.nll_nats, 90.0);
         assert!((r.nll_stderr - 10.0 / 3f64.sqrt()).abs() < 1e-12);
         assert!((r.bpd - 90.0 / (std::f64::consts::LN_2 * 784.0)).abs() < 1e-12);
-        // The paper's -84.23 nats is 0.1550 bits/dim over 784 pixels (PAPER.md 2.1).
+        // The paper's -84.23 nats is 0.1550 bits/dim over 784 pixels (docs/REFERENCE.md §1).
         let p = summarize(&[84.23], 128, "test", 1.0, MNIST_BPD_DIMS);
         assert!((p.bpd - 0.1550).abs() < 5e-5, "{}", p.bpd);
         // Colour models divide by channels x H x W.

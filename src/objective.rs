@@ -1,4 +1,4 @@
-//! Training and evaluation objectives (PAPER.md 5.1-5.2), in nats per image.
+//! Training and evaluation objectives (arXiv 2201.12360 Sec. 2; docs/REFERENCE.md §3), in nats per image.
 use crate::likelihood::gaussian;
 use crate::model::Posterior;
 use crate::model::Vnca;
@@ -32,7 +32,7 @@ pub fn encode_and_sample(
 }
 
 /// Single-sample ELBO with the analytic KL, as the reference trains.
-/// x: [B, 1, S, S] in {0,1}.
+/// x: [B, C, S, S] in [0, 1].
 pub fn elbo(model: &Vnca, x: &Tensor, beta: f64, noise: &mut dyn NoiseSource) -> Elbo {
     let (q, z) = encode_and_sample(model, x, noise); // z: [B, Z]
     let state = model.decode(&z, noise); // [B, Z, S, S]

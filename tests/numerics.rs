@@ -132,7 +132,7 @@ fn gradients_match_finite_differences() {
     );
 }
 
-/// Every paper preset has the reference's parameter count (PAPER.md 2.2), which pins the
+/// Every paper preset has the reference's parameter count (docs/REFERENCE.md §4), which pins the
 /// encoder padding of 28x28 inputs, the simple update net and the 64x64 encoder.
 #[test]
 fn paper_presets_have_the_reference_parameter_counts() {

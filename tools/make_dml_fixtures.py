@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the PyTorch fixtures for the discretized logistic mixture likelihood (DML).
 
-The likelihood is re-implemented here from the specification (PAPER.md 5.4, the
+The likelihood is re-implemented here from the specification (docs/REFERENCE.md §3, the
 PixelCNN++ `discretized_mix_logistic_loss` / `sample_from_discretized_mix_logistic`
 layout), independently of the Rust code in src/likelihood/logistic_mixture.rs:
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write the PyTorch fixtures that the Rust numerics tests compare against.
 
-The model is rebuilt here from the specification (PAPER.md 3.1-3.7, 5.1-5.3) in plain
+The model is rebuilt here from the specification (docs/REFERENCE.md §2-3) in plain
 PyTorch, with the reference's module structure so that `state_dict` keys match
 (`encoder.0.weight`, ..., `nca.update_net.1.delegate.0.weight`, ..., `nca.update_net.5.bias`).
 It is small (the `tiny-test` preset: Z=8, hidden 16, encoder width 4, 32x32, 2 steps per
@@ -17,7 +17,7 @@ Outputs (safetensors, float32):
 Expected values are computed in float64 from the float32-rounded weights and inputs.
 
   nondoubling_weights.safetensors, nondoubling_io.safetensors: the same for a tiny
-    non-doubling model (PAPER.md 3.4, 4.6): 28x28 input with the encoder's first
+    non-doubling model (docs/REFERENCE.md §2, §4): 28x28 input with the encoder's first
     padding 4, z in every cell of the 28x28 grid, the "simple" update net
     (3x3 conv, ELU, 1x1 conv without bias), T = 3 steps, p_update = 1.
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The reference implementation's way of running the doubling-MNIST VNCA, for `vnca bench`.
 
-Written from the specification of the reference code (PAPER.md 3, 4.1, 5; rasmusbergpalm/vnca
+Written from the specification of the reference code (docs/REFERENCE.md §2-4; rasmusbergpalm/vnca
 at 036578c), not copied from it. It keeps what decides the reference's speed and memory:
   - NCHW tensors and nn.Conv2d for every layer;
   - every NCA step wrapped in torch.utils.checkpoint (reentrant, as in PyTorch 1.9), so the

@@ -1,5 +1,5 @@
 //! `vnca figures`: every picture of the paper that this model type supports, for any
-//! checkpoint (PAPER.md section 7): prior samples (means and binary draws), test
+//! checkpoint (the paper's figures, arXiv 2201.12360): prior samples (means and binary draws), test
 //! reconstructions, growth sequences (grid and GIF), damage and recovery (grid and GIF),
 //! latent interpolations between test digits and between prior draws, the t-SNE of
 //! posterior means by digit, and the run's training curves.

@@ -1,4 +1,4 @@
-//! Bernoulli p(x|z) with logits = state channel 0 of every cell (PAPER.md 5.3).
+//! Bernoulli p(x|z) with logits = state channel 0 of every cell (docs/REFERENCE.md §3).
 use tch::{Kind, Reduction, Tensor};
 
 /// The logits: channel 0 of the final state. [N, Z, H, W] -> [N, 1, H, W].

@@ -1,5 +1,5 @@
 //! Diagonal Gaussians: q(z|x) = N(mu, exp(log_sigma)^2) and the prior p(z) = N(0, I).
-//! Formulas as in `torch.distributions.Normal` and its analytic KL (PAPER.md 5.1-5.2).
+//! Formulas as in `torch.distributions.Normal` and its analytic KL (arXiv 2201.12360 Sec. 2; docs/REFERENCE.md §3).
 use tch::{Kind, Tensor};
 
 const LOG_SQRT_2PI: f64 = 0.918_938_533_204_672_7;

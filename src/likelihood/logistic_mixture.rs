@@ -1,4 +1,4 @@
-//! Discretized logistic mixture p(x|z) for RGB images, PixelCNN++'s "DML" (PAPER.md 5.4).
+//! Discretized logistic mixture p(x|z) for RGB images, PixelCNN++'s "DML" (docs/REFERENCE.md §3).
 //!
 //! Each pixel is a mixture of K logistics over the three colour channels, with the
 //! reference's autoregressive coupling inside a pixel: G's mean moves with R, B's with R

@@ -1,4 +1,4 @@
-//! Pool and damage training for the non-doubling VNCA (PAPER.md 4.6, 5.5; the paper's
+//! Pool and damage training for the non-doubling VNCA (docs/REFERENCE.md §4.1; the paper's
 //! Appendix A.3): half of every batch starts from final states of earlier batches (the
 //! pool) instead of from z, a quarter of the batch's rows from damaged ones, so the cells
 //! learn states that persist and regrow.
