@@ -191,11 +191,14 @@ impl ModelConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DataConfig {
-    /// Only `binarized-mnist` for now.
+    /// `binarized-mnist`, `emoji` (the Noto Color Emoji font or a folder of emoji PNGs),
+    /// `celeba` or `folder` (any folder of PNG/JPEG images).
     pub dataset: String,
-    /// The packed file written by `vnca data binarize-mnist`, or a directory holding the
-    /// Larochelle `binarized_mnist_{train,valid,test}.amat` files. Relative paths are
-    /// resolved against the current directory.
+    /// MNIST: the packed file written by `vnca data binarize-mnist`, or a directory holding
+    /// the Larochelle `binarized_mnist_{train,valid,test}.amat` files; emoji: the font or a
+    /// folder; CelebA: the directory with `img_align_celeba/` and
+    /// `list_eval_partition.txt`; folder: the folder. Relative paths are resolved against
+    /// the current directory.
     #[serde(default = "default_data_path")]
     pub path: PathBuf,
     /// Splits trained on. The reference trained on train+valid; we keep valid for model
