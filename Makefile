@@ -35,6 +35,7 @@ browser-test: build
 fixtures: setup
 	.venv/bin/python tools/make_fixtures.py tests/fixtures
 	.venv/bin/python tools/make_dml_fixtures.py tests/fixtures
+	.venv/bin/python tools/make_colour_fixtures.py tests/fixtures
 
 bench: build
 	./target/release/vnca bench $(ARGS)
