@@ -3,6 +3,7 @@
 //! Data flows `data -> dataset -> model (encoder -> NCA decoder) -> likelihood ->
 //! objective -> train / eval -> figures`; `cli` maps the command line onto these.
 pub mod bench;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod damage_eval;
@@ -15,6 +16,8 @@ pub mod likelihood;
 pub mod model;
 pub mod noise;
 pub mod objective;
+pub mod precision;
 pub mod restore;
 pub mod serve;
+pub mod tch_compat;
 pub mod train;

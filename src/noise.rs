@@ -56,6 +56,40 @@ impl NoiseSource for Noise {
     }
 }
 
+/// Pre-recorded noise handed out in order (a PyTorch fixture's eps), for the numerics
+/// tests and `vnca check`: normal and uniform draws both take the next recorded tensor;
+/// masks are not expected (the fixtures use p_update = 1).
+pub struct FixedNoise(pub std::collections::VecDeque<Tensor>);
+
+/// [`FixedNoise`] whose uniform draws are all `0.5`.
+pub struct FixedNormalsHalfUniform(pub FixedNoise);
+
+impl NoiseSource for FixedNoise {
+    fn normal(&mut self, shape: &[i64]) -> Tensor {
+        let t = self.0.pop_front().expect("fixture noise exhausted");
+        assert_eq!(t.size(), shape, "fixture noise shape");
+        t
+    }
+    fn mask(&mut self, _shape: &[i64], _p: f64) -> Tensor {
+        panic!("the fixtures use p_update = 1: no mask expected")
+    }
+    fn uniform(&mut self, shape: &[i64]) -> Tensor {
+        self.normal(shape)
+    }
+}
+
+impl NoiseSource for FixedNormalsHalfUniform {
+    fn normal(&mut self, shape: &[i64]) -> Tensor {
+        self.0.normal(shape)
+    }
+    fn mask(&mut self, shape: &[i64], p: f64) -> Tensor {
+        self.0.mask(shape, p)
+    }
+    fn uniform(&mut self, shape: &[i64]) -> Tensor {
+        Tensor::full(shape, 0.5, (tch::Kind::Float, tch::Device::Cpu))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -73,6 +73,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
     }
     remove_stale_temporaries(&opts.out);
     let (train_split, val_split) = dataset::load_train_val(cfg)?;
+    cfg.train.precision.configure();
     let model = Vnca::new(&cfg.model, opts.device, cfg.train.seed);
     let params: Params = model.params();
     let t = &cfg.train;
@@ -120,13 +121,15 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         let idx = state.sampler.next_batch(t.batch_size as usize);
         let x = train_split.batch(&idx, cfg.model.image_size, opts.device);
         zero_grad(&params);
-        let terms = if let Some(pool) = pool.as_mut() {
-            pool.elbo(&model, &x, t.beta, &mut state.noise)
-        } else if t.grad_checkpointing {
-            elbo_backward_recompute(&model, &x, t.beta, &mut state.noise)
-        } else {
-            elbo(&model, &x, t.beta, &mut state.noise)
-        };
+        let terms = t.precision.autocast(opts.device, || {
+            if let Some(pool) = pool.as_mut() {
+                pool.elbo(&model, &x, t.beta, &mut state.noise)
+            } else if t.grad_checkpointing {
+                elbo_backward_recompute(&model, &x, t.beta, &mut state.noise)
+            } else {
+                elbo(&model, &x, t.beta, &mut state.noise)
+            }
+        });
         let loss = terms.loss.double_value(&[]);
         if !loss.is_finite() {
             bail!(non_finite(state.step + 1, "loss", loss, &opts.out));
@@ -274,16 +277,18 @@ fn evaluate_and_save(
 ) -> anyhow::Result<()> {
     let t = &cfg.train;
     let mut noise = Noise::new(EVAL_SEED);
-    let report = eval::nll(
-        model,
-        val,
-        Some(t.eval_images),
-        t.eval_iw_samples,
-        t.batch_size,
-        MAX_DECODE,
-        &mut noise,
-        &mut |_| {},
-    );
+    let report = t.precision.autocast(model.device(), || {
+        eval::nll(
+            model,
+            val,
+            Some(t.eval_images),
+            t.eval_iw_samples,
+            t.batch_size,
+            MAX_DECODE,
+            &mut noise,
+            &mut |_| {},
+        )
+    });
     log.write(&Record::Eval {
         step: state.step,
         split: report.split.clone(),

@@ -1,9 +1,6 @@
 //! Shared helpers of the integration tests.
 #![allow(dead_code)]
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use tch::Tensor;
-use vnca::noise::NoiseSource;
 
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -12,28 +9,7 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// Hands out pre-recorded noise tensors in order (the PyTorch fixture's eps).
-pub struct FixedNoise(pub VecDeque<Tensor>);
+pub use vnca::noise::FixedNoise;
 
-impl NoiseSource for FixedNoise {
-    fn normal(&mut self, shape: &[i64]) -> Tensor {
-        let t = self.0.pop_front().expect("fixture noise exhausted");
-        assert_eq!(t.size(), shape, "fixture noise shape");
-        t
-    }
-    fn mask(&mut self, _shape: &[i64], _p: f64) -> Tensor {
-        panic!("the fixtures use p_update = 1: no mask expected")
-    }
-    fn uniform(&mut self, shape: &[i64]) -> Tensor {
-        let t = self.0.pop_front().expect("fixture noise exhausted");
-        assert_eq!(t.size(), shape, "fixture noise shape");
-        t
-    }
-}
-
-/// max |a - b| / (|b| + atol_scale): relative error with a floor for values near 0.
-pub fn rel_err(a: &Tensor, b: &Tensor) -> f64 {
-    let a = a.to_kind(tch::Kind::Double);
-    let b = b.to_kind(tch::Kind::Double);
-    let scale = b.abs().max().double_value(&[]).max(1e-6);
-    ((a - &b).abs().max().double_value(&[])) / scale
-}
+/// max |a - b| / max |b|: relative error with a floor for values near 0.
+pub use vnca::check::rel_err;
