@@ -9,7 +9,9 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// Hands out pre-recorded noise tensors in order (the PyTorch fixture's eps).
+#[allow(unused_imports)]
 pub use vnca::noise::FixedNoise;
 
 /// max |a - b| / max |b|: relative error with a floor for values near 0.
+#[allow(unused_imports)]
 pub use vnca::check::rel_err;
