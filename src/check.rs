@@ -199,7 +199,8 @@ impl Checker {
         for (name, p) in model.params() {
             let want = self.get(io, &format!("grad.{name}"), &p.size())?;
             let e = rel_err(&p.grad(), &want);
-            if !(e <= worst.0) {
+            // A NaN error is the worst there is.
+            if e.is_nan() || e > worst.0 {
                 worst = (e, name);
             }
         }

@@ -45,7 +45,12 @@ fn step(model: &Vnca, x: &Tensor, precision: Precision) -> (f64, Tensor, f64, Ve
     terms.loss.backward();
     let norm = clip_grad_norm(&params, 1e9);
     let grads = params.values().map(|p| p.grad().copy()).collect();
-    (terms.loss.double_value(&[]), terms.recon.copy(), norm, grads)
+    (
+        terms.loss.double_value(&[]),
+        terms.recon.copy(),
+        norm,
+        grads,
+    )
 }
 
 /// A bf16 training step agrees with fp32: loss within 1 % (measured: 0.1 %), per-image
@@ -84,7 +89,9 @@ fn fp32_and_tf32_are_bit_identical_to_no_precision_on_the_cpu() {
     let plain = elbo(&model, &x, 1.0, &mut Noise::new(9)).loss;
     for p in [Precision::Fp32, Precision::Tf32] {
         p.configure();
-        let got = p.autocast(Device::Cpu, || elbo(&model, &x, 1.0, &mut Noise::new(9)).loss);
+        let got = p.autocast(Device::Cpu, || {
+            elbo(&model, &x, 1.0, &mut Noise::new(9)).loss
+        });
         assert!(got.equal(&plain), "{p}");
     }
     Precision::Fp32.configure();
@@ -117,9 +124,16 @@ fn check_command_reports_and_fails_clearly_without_fixtures() {
         .arg(fixture(""))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("precision bf16") && text.contains("15 passed, 0 failed"), "{text}");
+    assert!(
+        text.contains("precision bf16") && text.contains("15 passed, 0 failed"),
+        "{text}"
+    );
     let empty = tempfile::tempdir().unwrap();
     let out = Command::new(bin)
         .args(["check", "--fixtures"])
@@ -139,12 +153,24 @@ fn train_in_bf16_on_the_cpu() {
     let dir = tempfile::tempdir().unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_vnca"))
         .current_dir(env!("CARGO_MANIFEST_DIR"))
-        .args(["--threads", "1", "train", "--preset", "tiny-test", "--steps", "3"])
+        .args([
+            "--threads",
+            "1",
+            "train",
+            "--preset",
+            "tiny-test",
+            "--steps",
+            "3",
+        ])
         .args(["--precision", "bf16", "--quiet", "--out"])
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
     assert!(config.contains("precision = \"bf16\""), "{config}");
     let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
