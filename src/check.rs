@@ -146,22 +146,14 @@ impl Checker {
         let x = self.get(&io, "input.x", &[3, 1, 32, 32])?;
         let eps = io.tensor("input.eps", &[3, 1, 8])?;
         let p = self.precision;
-        let (q, state) = p.autocast(self.device, || {
-            let q = model.encode(&x);
-            let z = q.sample_with(&eps.to_device(self.device)).squeeze_dim(1);
-            let state = model.decode(&z, &mut FixedNoise(Default::default()));
-            (q, state)
-        });
-        self.add(
-            "doubling: mu",
-            &q.mu,
-            &self.get(&io, "expected.mu", &[3, 8])?,
-            tv,
-        );
-        let want = self.get(&io, "expected.log_sigma", &[3, 8])?;
-        self.add("doubling: log sigma", &q.log_sigma, &want, tv);
-        let want = self.get(&io, "expected.state", &[3, 8, 32, 32])?;
-        self.add("doubling: final state", &state, &want, tv);
+        self.encode_decode(
+            "doubling",
+            &model,
+            &io,
+            &x,
+            &eps,
+            &mut FixedNoise(Default::default()),
+        )?;
 
         let mut noise = FixedNoise([eps.shallow_clone()].into());
         let terms = p.autocast(self.device, || elbo(&model, &x, 1.0, &mut noise));
@@ -190,6 +182,39 @@ impl Checker {
         });
         let want = self.get(&io, "expected.iwae", &[3])?;
         self.add("doubling: IWAE-5", &got, &want, tv);
+        Ok(())
+    }
+
+    /// mu, log sigma and the final state of z = mu + sigma * eps against the fixture's.
+    fn encode_decode(
+        &mut self,
+        what: &str,
+        model: &Vnca,
+        io: &Loaded,
+        x: &Tensor,
+        eps: &Tensor,
+        noise: &mut dyn crate::noise::NoiseSource,
+    ) -> anyhow::Result<()> {
+        let tv = tolerances(self.precision).0;
+        let (q, state) = self.precision.autocast(self.device, || {
+            let q = model.encode(x);
+            let z = q.sample_with(&eps.to_device(self.device)).squeeze_dim(1);
+            let state = model.decode(&z, noise); // [B, Z, S, S]
+            (q, state)
+        });
+        let [b, z] = q.mu.size()[..] else {
+            anyhow::bail!("mu is not [B, Z]")
+        };
+        self.add(
+            &format!("{what}: mu"),
+            &q.mu,
+            &self.get(io, "expected.mu", &[b, z])?,
+            tv,
+        );
+        let want = self.get(io, "expected.log_sigma", &[b, z])?;
+        self.add(&format!("{what}: log sigma"), &q.log_sigma, &want, tv);
+        let want = self.get(io, "expected.state", &state.size())?;
+        self.add(&format!("{what}: final state"), &state, &want, tv);
         Ok(())
     }
 
@@ -227,23 +252,8 @@ impl Checker {
         let x = self.get(&io, "input.x", &[3, 1, 28, 28])?;
         let eps = io.tensor("input.eps", &[3, 1, 8])?;
         let p = self.precision;
-        let (q, state) = p.autocast(self.device, || {
-            let q = model.encode(&x);
-            let z = q.sample_with(&eps.to_device(self.device)).squeeze_dim(1);
-            // The step count is drawn from the noise (one uniform); with min = max it is 3.
-            let state = model.decode(&z, &mut Noise::new(0));
-            (q, state)
-        });
-        self.add(
-            "non-doubling: mu",
-            &q.mu,
-            &self.get(&io, "expected.mu", &[3, 8])?,
-            tv,
-        );
-        let want = self.get(&io, "expected.log_sigma", &[3, 8])?;
-        self.add("non-doubling: log sigma", &q.log_sigma, &want, tv);
-        let want = self.get(&io, "expected.state", &[3, 8, 28, 28])?;
-        self.add("non-doubling: final state", &state, &want, tv);
+        // The step count is drawn from the noise (one uniform); with min = max it is 3.
+        self.encode_decode("non-doubling", &model, &io, &x, &eps, &mut Noise::new(0))?;
         let mut noise = FixedNormalsHalfUniform(FixedNoise([eps].into()));
         let terms = p.autocast(self.device, || elbo(&model, &x, 1.0, &mut noise));
         let want = self.get(&io, "expected.loss", &[])?;

@@ -124,11 +124,7 @@ fn check_command_reports_and_fails_clearly_without_fixtures() {
         .arg(fixture(""))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("precision bf16") && text.contains("15 passed, 0 failed"),
@@ -166,16 +162,17 @@ fn train_in_bf16_on_the_cpu() {
         .arg(dir.path())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_succeeded(&out);
     let config = std::fs::read_to_string(dir.path().join("config.toml")).unwrap();
     assert!(config.contains("precision = \"bf16\""), "{config}");
     let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
     assert!(metrics.contains("\"nll_nats\""), "{metrics}");
     assert!(dir.path().join("latest.safetensors").exists());
+}
+
+fn assert_succeeded(out: &std::process::Output) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
 }
 
 fn cuda() -> Option<Device> {
