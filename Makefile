@@ -1,7 +1,7 @@
 # The README's commands. `make train` and `make test` work on a fresh machine with only
 # a Rust toolchain and Python 3 installed: `setup` fetches the pinned PyTorch wheel
 # (which carries libtorch) into .venv, and the build links against it.
-.PHONY: setup build train test lint bench fixtures browser-test
+.PHONY: setup build train test lint bench fixtures browser-test device-build device-check-cpu
 
 ARGS ?=
 
@@ -39,3 +39,14 @@ fixtures: setup
 
 bench: build
 	./target/release/vnca bench $(ARGS)
+
+# The GPU machine's binary: vnca against PyTorch 2.11 (tch 0.24) in .venv-device and
+# target-device, stripped, with a wrapper that uses the running machine's own torch
+# (dist/device/; docs/BENCHMARKS.md, "GPU").
+device-build:
+	tools/device-build.sh
+
+# The device check's plumbing on this CPU, through the 2.11 binary and its wrapper.
+device-check-cpu: device-build
+	VNCA_PYTHON=.venv-device/bin/python PYTHON=.venv-device/bin/python OUT=device-check-out \
+	  tools/device-check.sh --device cpu --tiny

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::model::Vnca;
 use crate::noise::Noise;
 use crate::objective::{elbo, elbo_recompute, iwae};
+use crate::precision::Precision;
 use crate::train::optim::{clip_grad_norm, zero_grad, Adam};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ pub struct BenchOptions {
     pub grad_checkpointing: bool,
     /// Python with torch for the mirror; None skips the mirror columns.
     pub python: Option<PathBuf>,
+    /// Arithmetic of ours and the mirror's (TF32 and cuDNN switches, bf16 autocast).
+    pub precision: Precision,
 }
 
 /// One child process's measurements.
@@ -78,6 +81,8 @@ pub struct BenchReport {
     pub batch: i64,
     pub threads: usize,
     pub grad_checkpointing: bool,
+    pub device: String,
+    pub precision: Precision,
     pub train_step_ours: Timing,
     pub train_step_mirror: Option<Timing>,
     pub train_step_ratio: Option<f64>,
@@ -124,8 +129,10 @@ fn sync(device: Device) {
 /// reference's test loop). Prints nothing; returns timings.
 pub fn worker(what: &str, o: &BenchOptions) -> anyhow::Result<WorkerResult> {
     let cfg = Config::preset(&o.preset)?;
+    o.precision.configure();
     let model = Vnca::new(&cfg.model, o.device, 0);
     let size = cfg.model.image_size;
+    let p = o.precision;
     let mut noise = Noise::new(0);
     let mut seconds = Vec::new();
     match what {
@@ -146,9 +153,11 @@ pub fn worker(what: &str, o: &BenchOptions) -> anyhow::Result<WorkerResult> {
                 } else {
                     elbo
                 };
-                objective(&model, &x, cfg.train.beta, &mut noise)
-                    .loss
-                    .backward();
+                p.autocast(o.device, || {
+                    objective(&model, &x, cfg.train.beta, &mut noise)
+                })
+                .loss
+                .backward();
                 clip_grad_norm(&params, cfg.train.grad_clip);
                 adam.update(&params);
                 sync(o.device);
@@ -168,7 +177,9 @@ pub fn worker(what: &str, o: &BenchOptions) -> anyhow::Result<WorkerResult> {
                     while j < o.iwae_images as i64 {
                         let len = per.min(o.iwae_images as i64 - j);
                         let x = xs.narrow(0, j, len);
-                        let _ = iwae(&model, &x, o.iw_samples, len * o.iw_samples, &mut noise);
+                        let _ = p.autocast(o.device, || {
+                            iwae(&model, &x, o.iw_samples, len * o.iw_samples, &mut noise)
+                        });
                         j += len;
                     }
                     sync(o.device);
@@ -185,6 +196,9 @@ pub fn worker(what: &str, o: &BenchOptions) -> anyhow::Result<WorkerResult> {
         peak_rss_bytes: peak_rss_bytes(),
     })
 }
+
+/// The PyTorch mirror of the reference, relative to the repository root.
+pub const MIRROR_SCRIPT: &str = "tools/reference_mirror.py";
 
 fn run_child(mut cmd: Command, what: &str) -> anyhow::Result<WorkerResult> {
     let out = cmd
@@ -228,14 +242,23 @@ fn ours(what: &str, o: &BenchOptions, dev: &str) -> anyhow::Result<WorkerResult>
     if o.grad_checkpointing {
         cmd.arg("--grad-checkpointing");
     }
+    cmd.args(["--precision", &o.precision.to_string()]);
     run_child(cmd, &format!("our {what}"))
 }
 
-fn mirror(what: &str, o: &BenchOptions, python: &PathBuf) -> anyhow::Result<WorkerResult> {
+fn mirror(
+    what: &str,
+    o: &BenchOptions,
+    python: &PathBuf,
+    dev: &str,
+) -> anyhow::Result<WorkerResult> {
     let cfg = Config::preset(&o.preset)?;
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tools/reference_mirror.py");
+    let script = crate::check::find_repo_path(MIRROR_SCRIPT).ok_or_else(|| {
+        anyhow::anyhow!("cannot find {MIRROR_SCRIPT} (run from the repository, or --no-mirror)")
+    })?;
     let mut cmd = Command::new(python);
     cmd.arg(script).arg(what);
+    cmd.args(["--device", dev, "--precision", &o.precision.to_string()]);
     cmd.args([
         "--batch",
         &o.batch.to_string(),
@@ -332,20 +355,20 @@ pub fn run(o: &BenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Result<BenchR
     log("training step (ours)...");
     let train_ours = ours("train", o, &dev)?;
     let train_mirror = match &o.python {
-        Some(py) if o.device == Device::Cpu => {
+        Some(py) => {
             log("training step (PyTorch mirror of the reference)...");
-            Some(mirror("train", o, py)?)
+            Some(mirror("train", o, py, &dev)?)
         }
-        _ => None,
+        None => None,
     };
     log("IWAE (ours)...");
     let iwae_ours = ours("iwae", o, &dev)?;
     let iwae_mirror = match &o.python {
-        Some(py) if o.device == Device::Cpu => {
+        Some(py) => {
             log("IWAE (mirror)...");
-            Some(mirror("iwae", o, py)?)
+            Some(mirror("iwae", o, py, &dev)?)
         }
-        _ => None,
+        None => None,
     };
     log("hot loop, sgemm, growth...");
     let model = Vnca::new(&cfg.model, o.device, 0);
@@ -363,6 +386,8 @@ pub fn run(o: &BenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Result<BenchR
         batch: o.batch,
         threads: o.threads,
         grad_checkpointing: o.grad_checkpointing,
+        device: dev,
+        precision: o.precision,
         train_step_ratio: t_mirror.as_ref().map(|m| m.median / t_ours.median),
         train_step_ours: t_ours,
         train_step_mirror: t_mirror,
@@ -388,8 +413,8 @@ pub fn table(r: &BenchReport) -> String {
     let mb = |b: u64| format!("{:.0} MB", b as f64 / 1e6);
     let mut s = String::new();
     s += &format!(
-        "preset {}, batch {}, {} threads\n\n",
-        r.preset, r.batch, r.threads
+        "preset {}, batch {}, device {}, precision {}, {} threads\n\n",
+        r.preset, r.batch, r.device, r.precision, r.threads
     );
     s += "| measurement | ours | PyTorch mirror | ratio |\n|---|---|---|---|\n";
     s += &format!(

@@ -252,6 +252,10 @@ pub struct TrainConfig {
     /// GPUs with little memory; off by default.
     #[serde(default)]
     pub grad_checkpointing: bool,
+    /// Arithmetic of convolutions and matrix products: fp32 (default; bit-exact resume
+    /// on the CPU), tf32 or bf16 (src/precision.rs).
+    #[serde(default)]
+    pub precision: crate::precision::Precision,
     /// Pool and damage training (non-doubling models only; docs/REFERENCE.md §4.1).
     #[serde(default)]
     pub pool: Option<PoolConfig>,

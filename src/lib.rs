@@ -3,6 +3,7 @@
 //! Data flows `data -> dataset -> model (encoder -> NCA decoder) -> likelihood ->
 //! objective -> train / eval -> figures`; `cli` maps the command line onto these.
 pub mod bench;
+pub mod check;
 pub mod checkpoint;
 pub mod cli;
 pub mod config;
@@ -15,10 +16,12 @@ pub mod likelihood;
 pub mod model;
 pub mod noise;
 pub mod objective;
+pub mod precision;
 pub mod progress;
 pub mod restore;
 pub mod serve;
 pub mod shipped;
+pub mod tch_compat;
 pub mod train;
 
 /// The file-format readers live in their own crate (`crates/vnca-data`: no tensors, no

@@ -56,6 +56,53 @@ impl NoiseSource for Noise {
     }
 }
 
+/// Pre-recorded noise handed out in order (a PyTorch fixture's eps), for the numerics
+/// tests and `vnca check`: normal and uniform draws both take the next recorded tensor;
+/// masks are not expected (the fixtures use p_update = 1).
+pub struct FixedNoise(pub std::collections::VecDeque<Tensor>);
+
+/// [`FixedNoise`] whose uniform draws are all `0.5`.
+pub struct FixedNormalsHalfUniform(pub FixedNoise);
+
+impl FixedNoise {
+    /// The next recorded tensor; a request for fewer leading rows than it has takes those
+    /// rows and keeps the rest for the next request (evaluation draws image by image).
+    fn next(&mut self, shape: &[i64]) -> Tensor {
+        let t = self.0.pop_front().expect("fixture noise exhausted");
+        let size = t.size();
+        if size.len() == shape.len() && size[1..] == shape[1..] && shape[0] < size[0] {
+            self.0.push_front(t.narrow(0, shape[0], size[0] - shape[0]));
+            return t.narrow(0, 0, shape[0]);
+        }
+        assert_eq!(size, shape, "fixture noise shape");
+        t
+    }
+}
+
+impl NoiseSource for FixedNoise {
+    fn normal(&mut self, shape: &[i64]) -> Tensor {
+        self.next(shape)
+    }
+    fn mask(&mut self, _shape: &[i64], _p: f64) -> Tensor {
+        panic!("the fixtures use p_update = 1: no mask expected")
+    }
+    fn uniform(&mut self, shape: &[i64]) -> Tensor {
+        self.next(shape)
+    }
+}
+
+impl NoiseSource for FixedNormalsHalfUniform {
+    fn normal(&mut self, shape: &[i64]) -> Tensor {
+        self.0.normal(shape)
+    }
+    fn mask(&mut self, shape: &[i64], p: f64) -> Tensor {
+        self.0.mask(shape, p)
+    }
+    fn uniform(&mut self, shape: &[i64]) -> Tensor {
+        Tensor::full(shape, 0.5, (tch::Kind::Float, tch::Device::Cpu))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,6 +14,11 @@ Data loading is not timed (random binary images stand in for a batch).
 
 Usage: python tools/reference_mirror.py {train,iwae} --batch B --repeats R --warmup W
        [--z 256 --hid 256 --enc 32 --threads T --iw-samples 128 --images N]
+       [--device cpu|cuda[:N] --precision fp32|tf32|bf16]
+--precision sets what `vnca bench --precision` sets for ours (src/precision.rs): fp32 turns
+TF32 off in cuBLAS and cuDNN; tf32 turns it on, with cudnn.benchmark; bf16 runs the forward
+pass under torch.autocast(dtype=bfloat16), with cudnn.benchmark. On CUDA each timed repeat
+ends with torch.cuda.synchronize().
 Prints one JSON line: per-repeat seconds, and peak RSS in bytes (ru_maxrss).
 """
 import argparse
@@ -48,7 +53,8 @@ class MitosisNCA(nn.Module):
         return state + self.update_net(state) * mask
 
     def _mask(self, state):
-        return (t.rand((state.shape[0], 1, state.shape[2], state.shape[3])) < self.p_update).to(t.float32)
+        shape = (state.shape[0], 1, state.shape[2], state.shape[3])
+        return (t.rand(shape, device=state.device) < self.p_update).to(t.float32)
 
     def forward(self, state):
         states = [state]
@@ -81,7 +87,11 @@ class VAENCA(nn.Module):
         update_net[-1].weight.data.fill_(0.0)
         update_net[-1].bias.data.fill_(0.0)
         self.nca = MitosisNCA(update_net, int(np.log2(size)) - 1, 8, 1.0)
-        self.p_z = Normal(t.zeros(z), t.ones(z))
+        self.p_z = None  # set by to_device
+
+    def to_device(self, device):
+        self.p_z = Normal(t.zeros(self.z_size, device=device), t.ones(self.z_size, device=device))
+        return self.to(device)
 
     def encode(self, x):
         q = self.encoder(x)
@@ -127,32 +137,50 @@ def main():
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--iw-samples", type=int, default=128)
     ap.add_argument("--images", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
     a = ap.parse_args()
+    dev = t.device(a.device)
+    cuda = dev.type == "cuda"
+    t.backends.cuda.matmul.allow_tf32 = a.precision == "tf32"
+    t.backends.cudnn.allow_tf32 = a.precision == "tf32"
+    t.backends.cudnn.benchmark = a.precision != "fp32"
+
+    def autocast():
+        return t.autocast(dev.type, dtype=t.bfloat16, enabled=a.precision == "bf16")
+
+    def sync():
+        if cuda:
+            t.cuda.synchronize(dev)
+
     if a.threads:
         t.set_num_threads(a.threads)
     t.manual_seed(0)
-    model = VAENCA(a.z, a.hid, enc=a.enc)
+    model = VAENCA(a.z, a.hid, enc=a.enc).to_device(dev)
     times = []
     if a.what == "train":
         opt = t.optim.Adam(model.parameters(), lr=1e-4)
-        x = (t.rand(a.batch, 1, 32, 32) < 0.2).float()
+        x = (t.rand(a.batch, 1, 32, 32, device=dev) < 0.2).float()
         for i in range(a.warmup + a.repeats):
             t0 = time.perf_counter()
             opt.zero_grad()
-            loss = model(x, 1, model.elbo)
+            with autocast():
+                loss = model(x, 1, model.elbo)
             loss.backward()
             t.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             opt.step()
+            sync()
             if i >= a.warmup:
                 times.append(time.perf_counter() - t0)
     else:
         model.train(False)
-        xs = (t.rand(a.images, 1, 1, 32, 32) < 0.2).float()
-        with t.no_grad():
+        xs = (t.rand(a.images, 1, 1, 32, 32, device=dev) < 0.2).float()
+        with t.no_grad(), autocast():
             for i in range(a.warmup + a.repeats):
                 t0 = time.perf_counter()
                 for x in xs:  # one image at a time with K samples, as the reference's test()
                     model(x, a.iw_samples, model.iwae)
+                sync()
                 if i >= a.warmup:
                     times.append(time.perf_counter() - t0)
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

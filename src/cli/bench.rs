@@ -25,14 +25,18 @@ pub struct BenchShape {
     /// Measure our training step with gradient checkpointing (recomputation).
     #[arg(long)]
     pub grad_checkpointing: bool,
+    /// fp32, tf32 or bf16, for ours and the mirror alike (src/precision.rs).
+    #[arg(long, value_enum, default_value_t = crate::precision::Precision::Fp32)]
+    pub precision: crate::precision::Precision,
 }
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     #[command(flatten)]
     pub shape: BenchShape,
-    /// Python with torch for the reference mirror (default: the project's .venv).
-    #[arg(long)]
+    /// Python with torch for the reference mirror (default: $VNCA_PYTHON, else the
+    /// project's .venv/bin/python, else `python3` on PATH).
+    #[arg(long, env = "VNCA_PYTHON")]
     pub python: Option<PathBuf>,
     /// Skip the PyTorch mirror.
     #[arg(long)]
@@ -56,6 +60,7 @@ pub(super) fn bench_options(
         iwae_images: s.iwae_images,
         iw_samples: s.iw_samples,
         grad_checkpointing: s.grad_checkpointing,
+        precision: s.precision,
         threads,
         device,
         python,
@@ -66,12 +71,17 @@ pub(super) fn cmd_bench(a: BenchArgs, device: tch::Device, threads: usize) -> an
     let python = if a.no_mirror {
         None
     } else {
-        let p = a.python.unwrap_or_else(|| {
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
-        });
+        let p = a
+            .python
+            .or_else(|| crate::check::find_repo_path(".venv/bin/python"))
+            .unwrap_or_else(|| PathBuf::from("python3"));
+        let runs = std::process::Command::new(&p)
+            .args(["-c", "import torch"])
+            .output()
+            .is_ok_and(|o| o.status.success());
         anyhow::ensure!(
-            p.exists(),
-            "no Python for the mirror at `{}` (run `make setup`, pass --python, or --no-mirror)",
+            runs,
+            "`{}` cannot import torch for the mirror (run `make setup`, pass --python, or --no-mirror)",
             p.display()
         );
         Some(p)

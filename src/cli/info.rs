@@ -18,6 +18,17 @@ pub(super) fn cmd_info(a: ArchArgs) -> anyhow::Result<()> {
     let m = &cfg.model;
     println!("config       {}", cfg.name);
     println!(
+        "libtorch     {} (tch {}), CUDA devices {}, cuDNN {}",
+        crate::precision::torch_version(),
+        crate::tch_compat::TCH_VERSION,
+        tch::Cuda::device_count(),
+        if tch::Cuda::cudnn_is_available() {
+            "yes"
+        } else {
+            "no"
+        }
+    );
+    println!(
         "encoder      5 x conv5x5 (width {} doubling), linear -> 2 x {}",
         m.encoder_width, m.z_dim
     );

@@ -2,6 +2,7 @@
 //! the library (config -> model/data -> train/eval -> files or a printed report). One
 //! file per group of subcommands; this one holds the top level and the shared arguments.
 mod bench;
+mod check;
 mod data;
 mod evaluate;
 mod info;
@@ -10,6 +11,7 @@ mod serve;
 mod train;
 
 pub use bench::{BenchArgs, BenchShape};
+pub use check::CheckArgs;
 pub use data::DataCommand;
 pub use evaluate::{DamageEvalArgs, EvalArgs};
 pub use pictures::{FiguresArgs, SampleArgs};
@@ -57,6 +59,8 @@ pub enum Command {
     Data(DataCommand),
     /// Speed and memory against a PyTorch mirror of the reference code.
     Bench(BenchArgs),
+    /// The model against the PyTorch fixtures on this device and precision (self-test).
+    Check(CheckArgs),
     /// Local web page: watch samples grow, erase cells and watch them heal (see `serve`).
     Serve(ServeArgs),
     /// One measurement of `vnca bench`, run in its own process (internal).
@@ -104,6 +108,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Data(d) => data::cmd_data(d),
         Command::Bench(a) => bench::cmd_bench(a, device, threads),
         Command::Serve(a) => serve::cmd_serve(a, device),
+        Command::Check(a) => check::cmd_check(a, device),
         Command::BenchWorker { what, args } => {
             let r =
                 crate::bench::worker(&what, &bench::bench_options(&args, device, threads, None))?;

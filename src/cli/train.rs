@@ -27,6 +27,9 @@ pub struct TrainArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Override `train.precision`: fp32 (default), tf32 or bf16 (docs/EXPERIMENTS.md).
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::precision::Precision>,
 }
 
 pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> anyhow::Result<()> {
@@ -43,12 +46,16 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
     if let Some(d) = a.data {
         cfg.data.path = d;
     }
+    if let Some(p) = a.precision {
+        cfg.train.precision = p;
+    }
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
     eprintln!(
-        "training `{}` on {device:?} ({threads} threads) for {} steps -> {}",
+        "training `{}` on {device:?} ({threads} threads, {}) for {} steps -> {}",
         cfg.name,
+        cfg.train.precision,
         cfg.train.steps,
         out.display()
     );

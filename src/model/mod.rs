@@ -128,7 +128,9 @@ impl Encoder {
         for conv in &self.convs {
             h = conv.forward(&h).elu(); // [B, w*2^i, H/2^i, W/2^i]
         }
-        let q = self.fc.forward(&h.flatten(1, -1)); // [B, 2Z]
+        // [B, 2Z]; under bf16 autocast (src/precision.rs) the linear layer yields bf16:
+        // back to the input's float kind, so the KL and z are computed in float32.
+        let q = self.fc.forward(&h.flatten(1, -1)).to_kind(x.kind());
         let mut mu = q.narrow(1, 0, self.z_dim);
         let mut log_sigma = q.narrow(1, self.z_dim, self.z_dim);
         // The beta = 100 CelebA run clipped the encoder's outputs (docs/REFERENCE.md §4).

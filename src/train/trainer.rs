@@ -88,11 +88,12 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         let x = run.train.batch(&idx, cfg.model.image_size, opts.device); // [B, C, S, S]
         zero_grad(&run.params);
         let noise = &mut run.state.noise;
-        let terms: Elbo = match run.pool.as_mut() {
-            Some(pool) => pool.elbo(&run.model, &x, t.beta, noise),
-            None if t.grad_checkpointing => elbo_recompute(&run.model, &x, t.beta, noise),
-            None => elbo(&run.model, &x, t.beta, noise),
-        };
+        let (model, pool) = (&run.model, run.pool.as_mut());
+        let terms: Elbo = t.precision.autocast(opts.device, || match pool {
+            Some(pool) => pool.elbo(model, &x, t.beta, noise),
+            None if t.grad_checkpointing => elbo_recompute(model, &x, t.beta, noise),
+            None => elbo(model, &x, t.beta, noise),
+        });
         let step = run.state.step + 1;
         let loss = finite(terms.loss.double_value(&[]), step, "loss", &opts.out)?;
         terms.loss.backward();
@@ -149,6 +150,7 @@ impl Run {
         remove_stale_temporaries(&opts.out);
         let (train, val) = dataset::load_train_val(cfg)?;
         let t = &cfg.train;
+        t.precision.configure();
         let model = cfg.model.init(opts.device, t.seed);
         let params = model.params();
         let mut adam = Adam::new(&params, t.lr, t.adam_betas, t.adam_eps);
@@ -222,14 +224,17 @@ impl Run {
             max_decode: MAX_DECODE,
         };
         let mut noise = Noise::new(EVAL_SEED);
-        let report = eval::nll(
-            &self.model,
-            &self.val,
-            t.eval_iw_samples,
-            &opts,
-            &mut noise,
-            &mut |_| {},
-        );
+        let (model, val) = (&self.model, &self.val);
+        let report = t.precision.autocast(model.device(), || {
+            eval::nll(
+                model,
+                val,
+                t.eval_iw_samples,
+                &opts,
+                &mut noise,
+                &mut |_| {},
+            )
+        });
         self.log.write(&Record::Eval {
             step: self.state.step,
             split: report.split.clone(),

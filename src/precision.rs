@@ -1,0 +1,173 @@
+//! `--precision fp32|tf32|bf16` (config key `train.precision`): the arithmetic of the
+//! convolutions and matrix products, set the way PyTorch users set it.
+//!
+//! - `fp32` (default): IEEE float32 everywhere; TF32 is turned off for cuBLAS *and*
+//!   cuDNN (PyTorch's default allows it in cuDNN convolutions) and cuDNN's autotuner stays
+//!   off, so CUDA results do not depend on which algorithm a timing run picked. On the
+//!   CPU this changes nothing: runs stay bit-identical and resume bit-exactly.
+//! - `tf32`: float32 tensors, but cuBLAS and cuDNN may use TF32 tensor cores (10-bit
+//!   mantissa products, float32 accumulation) on GPUs that have them (Ampere and later);
+//!   cuDNN benchmark mode on. No effect on the CPU.
+//! - `bf16`: autocast to bfloat16 around the forward pass (CUDA, and CPU so that CI can
+//!   test it), cuDNN benchmark mode on. Autocast runs the convolutions and linear layers
+//!   of the encoder and the update network in bf16; everything else stays float32
+//!   because the model keeps it so: the encoder's outputs are cast back to float32 before
+//!   the KL and the reparameterisation, and the NCA state is float32 (`state +
+//!   update` promotes the bf16 update), so the residual accumulation over 40 steps, the
+//!   likelihood and the KL are computed in float32. No loss scaling: bf16 has float32's
+//!   exponent range, so gradients do not underflow the way float16's do
+//!   (docs/EXPERIMENTS.md).
+//!
+//! tch binds CUDA autocast but not CPU autocast nor the TF32 switches, so these go
+//! through csrc/vnca_torch.cpp (compiled by build.rs against libtorch's headers).
+use serde::{Deserialize, Serialize};
+use tch::Device;
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    Fp32,
+    Tf32,
+    Bf16,
+}
+
+mod ffi {
+    extern "C" {
+        pub fn vnca_set_tf32(matmul: bool, cudnn: bool);
+        pub fn vnca_set_cudnn_benchmark(enabled: bool);
+        pub fn vnca_autocast_enter_bf16(device_type: i32) -> bool;
+        pub fn vnca_autocast_exit(device_type: i32, was_enabled: bool);
+        pub fn vnca_autocast_enabled(device_type: i32) -> bool;
+        pub fn vnca_torch_version() -> *const std::os::raw::c_char;
+    }
+}
+
+/// c10::DeviceType of a tch device (csrc/vnca_torch.h).
+fn device_type(device: Device) -> i32 {
+    match device {
+        Device::Cuda(_) => 1,
+        _ => 0,
+    }
+}
+
+impl std::fmt::Display for Precision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Precision::Fp32 => "fp32",
+            Precision::Tf32 => "tf32",
+            Precision::Bf16 => "bf16",
+        })
+    }
+}
+
+impl Precision {
+    /// Sets the process-wide switches for this precision: TF32 on only for `tf32`,
+    /// cuDNN benchmark on for `tf32` and `bf16`. Global state of libtorch: call it once
+    /// when a command starts (it is harmless without a GPU).
+    pub fn configure(self) {
+        let fast = self != Precision::Fp32;
+        let tf32 = self == Precision::Tf32;
+        // SAFETY: plain setters on libtorch's global context; no pointers cross.
+        unsafe {
+            ffi::vnca_set_tf32(tf32, tf32);
+            ffi::vnca_set_cudnn_benchmark(fast);
+        }
+    }
+
+    /// Runs `f` (a forward pass) under bf16 autocast on `device` for `bf16`, plainly
+    /// otherwise. Call backward outside: gradients flow back through autocast's casts
+    /// into the float32 parameters, as with `torch.autocast`.
+    pub fn autocast<T>(self, device: Device, f: impl FnOnce() -> T) -> T {
+        if self != Precision::Bf16 {
+            return f();
+        }
+        let _guard = AutocastGuard::enter(device);
+        f()
+    }
+}
+
+/// Leaves the autocast region when dropped, also when `f` panics.
+struct AutocastGuard {
+    device_type: i32,
+    was_enabled: bool,
+}
+
+impl AutocastGuard {
+    fn enter(device: Device) -> Self {
+        let device_type = device_type(device);
+        // SAFETY: thread-local autocast state of libtorch; restored by Drop.
+        let was_enabled = unsafe { ffi::vnca_autocast_enter_bf16(device_type) };
+        AutocastGuard {
+            device_type,
+            was_enabled,
+        }
+    }
+}
+
+impl Drop for AutocastGuard {
+    fn drop(&mut self) {
+        // SAFETY: pairs with vnca_autocast_enter_bf16 on the same thread.
+        unsafe { ffi::vnca_autocast_exit(self.device_type, self.was_enabled) }
+    }
+}
+
+/// Whether autocast is on for `device` on this thread (tests).
+pub fn autocast_enabled(device: Device) -> bool {
+    // SAFETY: reads thread-local state.
+    unsafe { ffi::vnca_autocast_enabled(device_type(device)) }
+}
+
+/// The libtorch version the binary was compiled against, e.g. "2.13.0".
+pub fn torch_version() -> &'static str {
+    // SAFETY: TORCH_VERSION is a static NUL-terminated string literal in csrc.
+    unsafe { std::ffi::CStr::from_ptr(ffi::vnca_torch_version()) }
+        .to_str()
+        .unwrap_or("?")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tch::{Kind, Tensor};
+
+    #[test]
+    fn bf16_autocast_runs_convolutions_in_bf16_and_nests() {
+        let x = Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let w = Tensor::randn([4, 3, 3, 3], (Kind::Float, Device::Cpu));
+        let conv = |x: &Tensor| x.conv2d(&w, None::<Tensor>, [1, 1], [1, 1], [1, 1], 1);
+        assert_eq!(conv(&x).kind(), Kind::Float);
+        assert!(!autocast_enabled(Device::Cpu));
+        let kind = Precision::Bf16.autocast(Device::Cpu, || {
+            assert!(autocast_enabled(Device::Cpu));
+            // Nested regions leave the outer one on.
+            Precision::Bf16.autocast(Device::Cpu, || ());
+            assert!(autocast_enabled(Device::Cpu));
+            // Elementwise ops on float32 stay float32 (the NCA state, the likelihood).
+            assert_eq!((&x + 1.0).exp().kind(), Kind::Float);
+            conv(&x).kind()
+        });
+        assert_eq!(kind, Kind::BFloat16);
+        assert!(!autocast_enabled(Device::Cpu));
+        assert_eq!(
+            Precision::Fp32.autocast(Device::Cpu, || conv(&x).kind()),
+            Kind::Float
+        );
+        assert_eq!(
+            Precision::Tf32.autocast(Device::Cpu, || conv(&x).kind()),
+            Kind::Float
+        );
+    }
+
+    #[test]
+    fn names_and_version() {
+        assert_eq!(Precision::default(), Precision::Fp32);
+        assert_eq!(Precision::Bf16.to_string(), "bf16");
+        let v: Precision = serde_json::from_str("\"tf32\"").unwrap();
+        assert_eq!(v, Precision::Tf32);
+        assert!(torch_version().starts_with("2."), "{}", torch_version());
+        // Configuring is global but harmless without a GPU; leave the default behind.
+        Precision::Bf16.configure();
+        Precision::Fp32.configure();
+    }
+}
