@@ -9,6 +9,7 @@ pub mod damage_eval;
 pub mod data;
 pub mod dataset;
 pub mod device;
+pub mod dist;
 pub mod eval;
 pub mod figures;
 pub mod likelihood;

@@ -3,6 +3,7 @@
 //! file per group of subcommands; this one holds the top level and the shared arguments.
 mod bench;
 mod data;
+mod dist_selftest;
 mod evaluate;
 mod info;
 mod pictures;
@@ -66,6 +67,9 @@ pub enum Command {
         #[command(flatten)]
         args: BenchShape,
     },
+    /// One rank of the data-parallel self-test (internal; tests/dist.rs).
+    #[command(hide = true)]
+    DistSelftest(dist_selftest::DistSelftestArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -110,5 +114,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
+        Command::DistSelftest(a) => dist_selftest::cmd_dist_selftest(a, device),
     }
 }
