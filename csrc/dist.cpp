@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <c10/util/Exception.h>
+#include <c10/util/Logging.h>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -90,6 +91,13 @@ int vnca_dist_nccl_built(void) {
 }
 
 void vnca_dist_free(void* p) { std::free(p); }
+
+void vnca_dist_quiet_logs(void) {
+  // 2 = ERROR: c10d's network warnings (each with a C++ backtrace) stay quiet.
+  if (std::getenv("TORCH_CPP_LOG_LEVEL") == nullptr && FLAGS_caffe2_log_level < 2) {
+    FLAGS_caffe2_log_level = 2;
+  }
+}
 
 int vnca_dist_store_new(const char* host, uint16_t port, int is_server, int world_size,
                         int64_t timeout_ms, VncaStore** out, char** err) {

@@ -21,6 +21,11 @@ typedef struct VncaGroup VncaGroup;
 // 1 when the NCCL process group was compiled in (headers found at build time), else 0.
 int vnca_dist_nccl_built(void);
 
+// Raises libtorch's C++ log level to ERROR unless TORCH_CPP_LOG_LEVEL is set: when a
+// peer dies, c10d logs every failed store call as a warning with a C++ backtrace, which
+// would bury the one error line the caller prints.
+void vnca_dist_quiet_logs(void);
+
 // Frees a message or a value returned by this interface.
 void vnca_dist_free(void* p);
 

@@ -39,6 +39,7 @@ mod ffi {
     extern "C" {
         pub fn vnca_dist_nccl_built() -> c_int;
         pub fn vnca_dist_free(p: *mut c_void);
+        pub fn vnca_dist_quiet_logs();
         pub fn vnca_dist_store_new(
             host: *const c_char,
             port: u16,
@@ -146,8 +147,8 @@ pub enum DistError {
         diagnosis: String,
     },
     #[error(
-        "this vnca was built without NCCL (build.rs found no complete CUDA and NCCL headers \
-         next to libtorch; see docs/BENCHMARKS.md, Data-parallel); use the gloo backend"
+        "this vnca was built without NCCL (build.rs found no complete CUDA toolkit headers \
+         and nccl.h; see compile_dist_shim there); use the gloo backend"
     )]
     NcclNotBuilt,
     #[error("the nccl backend needs CUDA tensors; use --device cuda or the gloo backend")]
@@ -609,6 +610,8 @@ impl Dist {
         if backend == Backend::Nccl && !device.is_cuda() {
             return Err(DistError::NcclOnCpu);
         }
+        // SAFETY: sets one integer flag of libtorch's logger.
+        unsafe { ffi::vnca_dist_quiet_logs() };
         let addr = format!("{}:{}", env.master_addr, env.master_port);
         let server = env.rank == 0 && !env.agent_store;
         let store = Store::connect(
@@ -838,6 +841,7 @@ impl Dist {
         match check(|err| f(self.group, ms, err)) {
             Ok(()) => Ok(()),
             Err(cause) => {
+                let cause = engine_message(&cause);
                 self.broken.store(true, Ordering::Relaxed);
                 let diagnosis = self.diagnose();
                 self.note_exit(&format!("failed in {op} #{seq}: {diagnosis}"));
@@ -951,8 +955,11 @@ impl Dist {
 
     /// Rank 0 hosting the store waits, at most the timeout, until every other rank has
     /// left a note or gone silent, so no rank loses the store mid-diagnosis or mid-exit.
-    fn wait_for_others(&self) {
+    /// After a failure, a rank still behind (hung) is not waited for: it will not
+    /// diagnose anything.
+    fn wait_for_others(&self, broken: bool) {
         let deadline = Instant::now() + self.timeout;
+        let my_seq = self.seq.load(Ordering::Relaxed);
         let mut last_beats: Vec<(Option<u64>, Instant)> =
             vec![(None, Instant::now()); self.env.world_size];
         loop {
@@ -962,7 +969,7 @@ impl Dist {
             let now = Instant::now();
             let mut waiting = false;
             for (r, s) in states.iter().enumerate().skip(1) {
-                if s.exit.is_some() {
+                if s.exit.is_some() || (broken && s.seq.is_some_and(|q| q < my_seq)) {
                     continue;
                 }
                 if s.beats != last_beats[r].0 {
@@ -988,7 +995,7 @@ impl Drop for Dist {
         }
         self.heartbeat.stop(!broken);
         if self.env.rank == 0 && !self.env.agent_store {
-            self.wait_for_others();
+            self.wait_for_others(broken);
         }
         if !self.group.is_null() {
             // SAFETY: created by the shim, released once. A broken group may still have a
@@ -1002,6 +1009,19 @@ impl Drop for Dist {
             }
             self.group = std::ptr::null_mut();
         }
+    }
+}
+
+/// The engine's message without its source location (`[/path/pair.cc:553] `) and
+/// without Gloo's advice to read the other worker's log, which the diagnosis replaces.
+fn engine_message(msg: &str) -> String {
+    let msg = match (msg.starts_with('['), msg.find("] ")) {
+        (true, Some(i)) if msg[..i].contains(':') => &msg[i + 2..],
+        _ => msg,
+    };
+    match msg.find(" This is typically caused") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
     }
 }
 
@@ -1185,6 +1205,21 @@ mod tests {
         assert_eq!(
             err.to_string(),
             "VNCA_DIST_BACKEND: unknown backend `mpi` (use gloo or nccl)"
+        );
+    }
+
+    #[test]
+    fn engine_messages_lose_location_and_advice() {
+        let gloo = "[/__w/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection \
+                    closed by peer [127.0.0.1]:42385. This is typically caused by a remote \
+                    worker crashing.";
+        assert_eq!(
+            engine_message(gloo),
+            "Connection closed by peer [127.0.0.1]:42385."
+        );
+        assert_eq!(
+            engine_message("Operation timed out!"),
+            "Operation timed out!"
         );
     }
 

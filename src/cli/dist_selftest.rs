@@ -80,7 +80,8 @@ pub fn cmd_dist_selftest(a: DistSelftestArgs, device: Device) -> anyhow::Result<
     let (rank, world) = (dist.rank(), dist.world_size());
     let device = dist.device(device);
     emit(json!({"event": "start", "rank": rank, "world": world,
-                "backend": dist.backend().name(), "device": format!("{device:?}")}));
+                "backend": dist.backend().name(), "device": format!("{device:?}"),
+                "agent_store": dist.env().agent_store}));
     dist.check_same("selftest fingerprint", &a.fingerprint)?;
     if a.bench {
         return bench(&dist, &a, device);
