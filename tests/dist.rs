@@ -296,8 +296,8 @@ fn a_hung_rank_is_named_once_the_timeout_runs_out() {
     });
     ranks[2].wait_for("hang", Duration::from_secs(120));
     let hung = Instant::now();
-    for r in 0..2 {
-        let (status, stderr) = ranks[r].finish(Duration::from_secs(timeout_s as u64 + 10));
+    for (r, rank) in ranks.iter_mut().enumerate().take(2) {
+        let (status, stderr) = rank.finish(Duration::from_secs(timeout_s as u64 + 10));
         let line = one_error_line(status, &stderr);
         assert!(
             line.contains(&format!(
@@ -422,9 +422,9 @@ fn bad_launcher_variables_are_one_error_line() {
 #[test]
 fn a_rank_that_never_arrives_ends_the_rendezvous_within_the_timeout() {
     let _serial = serial();
-    let mut ranks = vec![spawn_rank(0, 2, free_port(), 3, &[])];
+    let mut alone = spawn_rank(0, 2, free_port(), 3, &[]);
     let start = Instant::now();
-    let (status, stderr) = ranks[0].finish(Duration::from_secs(15));
+    let (status, stderr) = alone.finish(Duration::from_secs(15));
     let line = one_error_line(status, &stderr);
     assert!(
         line.starts_with("error: rank 0: rendezvous through the store at 127.0.0.1:")
