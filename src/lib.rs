@@ -10,6 +10,7 @@ pub mod config;
 pub mod damage_eval;
 pub mod dataset;
 pub mod device;
+pub mod dist;
 pub mod eval;
 pub mod figures;
 pub mod likelihood;

@@ -4,6 +4,7 @@
 mod bench;
 mod check;
 mod data;
+mod dist_selftest;
 mod evaluate;
 mod info;
 mod pictures;
@@ -70,6 +71,9 @@ pub enum Command {
         #[command(flatten)]
         args: BenchShape,
     },
+    /// One rank of the data-parallel self-test (internal; tests/dist.rs).
+    #[command(hide = true)]
+    DistSelftest(dist_selftest::DistSelftestArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -115,5 +119,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
+        Command::DistSelftest(a) => dist_selftest::cmd_dist_selftest(a, device),
     }
 }
