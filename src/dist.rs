@@ -14,6 +14,17 @@
 //! After a failed collective, a rank whose beat stopped (and who left no failure note)
 //! died; one whose beat goes on but whose collective number lags hangs or is slow; an
 //! unreachable store means its host (rank 0, or torchrun's agent) is gone.
+//!
+//! Use, as PyTorch's DDP:
+//! ```ignore
+//! let dist = Dist::from_env(device)?; // None: one process, nothing changes
+//! if let Some(d) = &dist {
+//!     d.check_same("config and data", &fingerprint)?; // refuse mismatched ranks
+//!     for p in vs.trainable_variables() { d.broadcast(&p, 0)?; } // rank 0's initial weights
+//! }
+//! // each step, after backward and before global-norm clipping:
+//! if let Some(d) = &dist { d.all_reduce_mean_grads(&grads)?; }
+//! ```
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -838,7 +849,10 @@ impl Dist {
             ));
         }
         let ms = millis(self.timeout);
-        match check(|err| f(self.group, ms, err)) {
+        // Parameters require grad; an in-place write into them (the broadcast of initial
+        // weights, Gloo's copy back from host memory for CUDA tensors) must not be recorded.
+        // The process group carries this thread's grad mode to its worker threads.
+        match tch::no_grad(|| check(|err| f(self.group, ms, err))) {
             Ok(()) => Ok(()),
             Err(cause) => {
                 let cause = engine_message(&cause);

@@ -89,7 +89,9 @@ pub fn cmd_dist_selftest(a: DistSelftestArgs, device: Device) -> anyhow::Result<
 
     // Broadcast: every rank ends with the root's values, from rank 0 and from the last rank.
     for root in [0, world - 1] {
-        let t = Tensor::full([5], (rank + 10) as f64, (Kind::Float, device));
+        // Requires grad, as the model parameters the training loop broadcasts do.
+        let t =
+            Tensor::full([5], (rank + 10) as f64, (Kind::Float, device)).set_requires_grad(true);
         dist.broadcast(&t, root)?;
         same(
             "broadcast",

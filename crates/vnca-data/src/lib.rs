@@ -1,13 +1,17 @@
-//! Reading, converting and fetching the MNIST data sets VNCA trains on.
+//! `vnca-data`: the data sets VNCA trains on, from file to pixels. No tensors, no
+//! model, no config: the main crate turns these into batches.
 //!
-//! Everything ends up as an [`ImageSet`]: plain row-major `u8` pixels, so that
-//! the model code does not care which file format the data came from.
+//! Everything ends up as plain row-major `u8` pixels ([`ImageSet`] for the MNIST
+//! formats), so that the model code does not care which file format the data came from.
 //!
 //! * [`idx`]: the canonical grey MNIST IDX files (raw or gzipped).
 //! * [`amat`]: Larochelle & Murray's fixed binarization, as `.amat` text.
 //! * [`binarize`]: our own reproducible stochastic binarization of grey MNIST.
 //! * [`packed`]: a compact gzipped bit-packed file for shipping binarized MNIST.
 //! * [`download`]: fetching the Larochelle files with checksum verification.
+//! * [`folder`]: a folder of PNG/JPEG/GIF pictures, cropped and shrunk to a square.
+//! * [`celeba`]: CelebA's aligned faces and its partition file.
+//! * [`emoji`]: colour emoji from the Noto Color Emoji font or a folder of PNGs.
 //!
 //! All errors are [`DataError`]s that name the file and, where it applies, the
 //! line or byte at fault; no data-derived value is unwrapped.
