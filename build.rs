@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 fn main() {
     compile_dist_shim();
+    write_preset_list();
     for var in [
         "LIBTORCH",
         "LIBTORCH_LIB",
@@ -177,3 +178,27 @@ fn nccl_dirs(root: &Path, include: &Path, lib: &Path) -> Option<(PathBuf, PathBu
     Some((cuda_inc, nccl_inc))
 }
 // ---- end of the data-parallel shim block -----------------------------------------------
+
+/// `configs/*.toml` as the compiled-in preset list (`config::PRESETS`, in name order), so
+/// adding a preset is adding a file.
+fn write_preset_list() {
+    println!("cargo:rerun-if-changed=configs");
+    let mut names: Vec<String> = std::fs::read_dir("configs")
+        .expect("the configs/ directory")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.strip_suffix(".toml").map(str::to_owned)
+        })
+        .collect();
+    names.sort();
+    let mut code = String::from("pub const PRESETS: &[(&str, &str)] = &[\n");
+    for n in &names {
+        code.push_str(&format!(
+            "    ({n:?}, include_str!(concat!(env!(\"CARGO_MANIFEST_DIR\"), \"/configs/{n}.toml\"))),\n"
+        ));
+    }
+    code.push_str("];\n");
+    let out = PathBuf::from(std::env::var("OUT_DIR").expect("OUT_DIR")).join("presets.rs");
+    std::fs::write(out, code).expect("write the preset list");
+}

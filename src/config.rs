@@ -5,50 +5,9 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// The presets shipped in `configs/`, compiled in so `--preset NAME` works from any directory.
-pub const PRESETS: &[(&str, &str)] = &[
-    (
-        "mnist-doubling-small",
-        include_str!("../configs/mnist-doubling-small.toml"),
-    ),
-    (
-        "mnist-doubling",
-        include_str!("../configs/mnist-doubling.toml"),
-    ),
-    ("tiny-test", include_str!("../configs/tiny-test.toml")),
-    (
-        "mnist-nondoubling-damage",
-        include_str!("../configs/mnist-nondoubling-damage.toml"),
-    ),
-    (
-        "mnist-nondoubling-damage-small",
-        include_str!("../configs/mnist-nondoubling-damage-small.toml"),
-    ),
-    (
-        "celeba-doubling-64",
-        include_str!("../configs/celeba-doubling-64.toml"),
-    ),
-    (
-        "celeba-doubling-64-beta100",
-        include_str!("../configs/celeba-doubling-64-beta100.toml"),
-    ),
-    (
-        "celeba-nondoubling-damage-32",
-        include_str!("../configs/celeba-nondoubling-damage-32.toml"),
-    ),
-    (
-        "emoji-doubling-64",
-        include_str!("../configs/emoji-doubling-64.toml"),
-    ),
-    (
-        "emoji-doubling-small",
-        include_str!("../configs/emoji-doubling-small.toml"),
-    ),
-    (
-        "mnist-nondoubling-damage-demo",
-        include_str!("../configs/mnist-nondoubling-damage-demo.toml"),
-    ),
-];
+// The presets shipped in `configs/` (`(name, TOML text)`, in name order), compiled in so
+// `--preset NAME` works from any directory; build.rs lists the directory.
+include!(concat!(env!("OUT_DIR"), "/presets.rs"));
 
 /// The preset `vnca train` uses when given neither `--config` nor `--preset`.
 pub const DEFAULT_PRESET: &str = "mnist-doubling-small";
