@@ -23,7 +23,17 @@ pub fn parse_device(s: &str) -> anyhow::Result<Device> {
 
 /// Intra-op threads: the given count, else the machine's cores.
 pub fn set_threads(threads: Option<usize>) -> usize {
-    let n = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // Several ranks of a data-parallel job on one machine share its cores (torchrun sets
+    // LOCAL_WORLD_SIZE; under Slurm, pass --threads).
+    let ranks_here = std::env::var("LOCAL_WORLD_SIZE")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(1);
+    let n = threads.unwrap_or_else(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (cores / ranks_here).max(1)
+    });
     tch::set_num_threads(n as i32);
     n
 }

@@ -165,12 +165,37 @@ pub fn summarize(per_image: &[f64], k: i64, split: &str, seconds: f64, dims: i64
     } else {
         0.0
     };
+    report(mean, var, per_image.len(), k, split, seconds, dims)
+}
+
+/// `summarize` from the count, sum and sum of squares of the per-image NLLs (what ranks
+/// evaluating parts of a split can add up).
+pub fn summarize_sums(
+    n: usize,
+    sum: f64,
+    sum_sq: f64,
+    k: i64,
+    split: &str,
+    seconds: f64,
+    dims: i64,
+) -> NllReport {
+    let m = n.max(1) as f64;
+    let mean = sum / m;
+    let var = if n > 1 {
+        ((sum_sq - m * mean * mean) / (m - 1.0)).max(0.0)
+    } else {
+        0.0
+    };
+    report(mean, var, n, k, split, seconds, dims)
+}
+
+fn report(mean: f64, var: f64, n: usize, k: i64, split: &str, seconds: f64, dims: i64) -> NllReport {
     NllReport {
         nll_nats: mean,
-        nll_stderr: (var / m).sqrt(),
+        nll_stderr: (var / n.max(1) as f64).sqrt(),
         bpd: mean / (std::f64::consts::LN_2 * dims as f64),
         bpd_dims: dims,
-        n_images: per_image.len(),
+        n_images: n,
         iw_samples: k,
         split: split.to_string(),
         seconds,
@@ -191,6 +216,9 @@ mod tests {
         let p = summarize(&[84.23], 128, "test", 1.0, MNIST_BPD_DIMS);
         assert!((p.bpd - 0.1550).abs() < 5e-5, "{}", p.bpd);
         // Colour models divide by channels x H x W.
+        let s = summarize_sums(3, 270.0, 80.0f64.powi(2) + 8100.0 + 10_000.0, 128, "test", 1.0, 784);
+        assert_eq!((s.nll_nats, s.n_images), (r.nll_nats, 3));
+        assert!((s.nll_stderr - r.nll_stderr).abs() < 1e-12);
         let celeba = crate::config::Config::preset("celeba-doubling-64").unwrap();
         assert_eq!(bpd_dims(&celeba.model), 12_288);
     }

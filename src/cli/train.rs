@@ -52,13 +52,21 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
-    eprintln!(
-        "training `{}` on {device:?} ({threads} threads, {}) for {} steps -> {}",
-        cfg.name,
-        cfg.train.precision,
-        cfg.train.steps,
-        out.display()
-    );
+    // In a data-parallel job (torchrun / Slurm variables set) rank 0 speaks for all.
+    let job = crate::dist::DistEnv::from_env()?;
+    let main = job.as_ref().is_none_or(|j| j.rank == 0);
+    if main {
+        let ranks = job.as_ref().map_or(String::new(), |j| {
+            format!(", {} ranks of {} samples each", j.world_size, cfg.train.batch_size / j.world_size as i64)
+        });
+        eprintln!(
+            "training `{}` on {device:?} ({threads} threads, {}{ranks}) for {} steps -> {}",
+            cfg.name,
+            cfg.train.precision,
+            cfg.train.steps,
+            out.display()
+        );
+    }
     let opts = TrainOptions {
         out: out.clone(),
         device,
@@ -76,6 +84,9 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
             out.display()
         ))
         .into());
+    }
+    if !main {
+        return Ok(());
     }
     eprintln!(
         "done: {} steps, last loss {:.2}, best validation NLL {}; checkpoints in {}",

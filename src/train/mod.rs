@@ -1,5 +1,7 @@
-//! Training: the loop, the optimiser, the damage pool, metrics and the run lock.
+//! Training: the loop, the optimiser, the damage pool, data parallelism, metrics and the
+//! run lock.
 //! (Checkpoints, and every name in them: `crate::checkpoint`.)
+pub mod data_parallel;
 pub mod metrics;
 pub mod optim;
 pub mod pool;

@@ -20,9 +20,17 @@ use crate::config::PoolKl;
 use crate::likelihood::gaussian;
 use crate::model::nca::{erase_, random_square};
 use crate::model::Vnca;
-use crate::noise::NoiseSource;
+use crate::noise::{Noise, NoiseSource};
 use crate::objective::{encode_and_sample, Elbo};
 use tch::{Kind, Tensor};
+
+/// The pool's own stream when it has one, else the run's.
+fn pick<'b>(own: &'b mut Option<Noise>, run: &'b mut dyn NoiseSource) -> &'b mut dyn NoiseSource {
+    match own {
+        Some(n) => n,
+        None => run,
+    }
+}
 
 /// The pool's (image, final state) pairs, stored compactly: two preallocated slabs of
 /// rows, images [slots, C, S, S] and states [slots, Z, S, S], and the pool order as a list
@@ -38,6 +46,9 @@ pub struct Pool {
     capacity: usize,
     damage_size: i64,
     kl: PoolKl,
+    /// In a data-parallel run, this rank's stream for the pool's own draws (damage
+    /// squares, shuffles), set before each step; None: they come from the run's stream.
+    pub own_noise: Option<Noise>,
 }
 
 impl Pool {
@@ -49,6 +60,7 @@ impl Pool {
             capacity,
             damage_size,
             kl,
+            own_noise: None,
         }
     }
 
@@ -101,7 +113,8 @@ impl Pool {
             self.free.extend(taken);
             let (h, w) = (states.size()[2], states.size()[3]);
             for i in 0..(b / 4) {
-                let (top, left) = random_square(h, w, self.damage_size, noise);
+                let draw = pick(&mut self.own_noise, noise);
+                let (top, left) = random_square(h, w, self.damage_size, draw);
                 erase_(&states.get(i), top, left, self.damage_size); // rows of a copy
             }
             x = Tensor::cat(&[x.narrow(0, 0, b - n_pool), imgs], 0);
@@ -123,7 +136,9 @@ impl Pool {
             _ => kl_all.mean(None::<Kind>),
         };
         let loss = recon.mean(None::<Kind>) + kl_term * beta;
-        self.give_back(&x, &state, noise);
+        let mut own = self.own_noise.take();
+        self.give_back(&x, &state, pick(&mut own, noise));
+        self.own_noise = own;
         Elbo {
             loss,
             recon,

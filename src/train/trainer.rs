@@ -6,6 +6,7 @@
 //! `latest` and returns `interrupted`; `--resume` continues bit-exactly from `latest`
 //! (every random stream, the optimizer and the damage pool are in the checkpoint); one
 //! process at a time trains into a run directory (`run_lock`).
+use super::data_parallel::{self, DataParallel, ShardedNoise};
 use super::metrics::{MetricsLog, Record};
 use super::optim::{clip_grad_norm, zero_grad, Adam, Params};
 use super::pool::Pool;
@@ -62,6 +63,9 @@ pub fn best_path(out: &Path) -> PathBuf {
 
 /// Everything one run trains with, built (or restored from `latest`) by `Run::start`.
 struct Run {
+    /// This process's rank in a data-parallel job (a world of one without a launcher).
+    dp: DataParallel,
+    device: Device,
     model: Vnca,
     params: Params,
     adam: Adam,
@@ -69,8 +73,9 @@ struct Run {
     state: TrainState,
     train: Split,
     val: Split,
-    log: MetricsLog,
-    _lock: RunLock,
+    /// Rank 0's: only it writes into the run directory.
+    log: Option<MetricsLog>,
+    _lock: Option<RunLock>,
 }
 
 /// Train `cfg` into the run directory `opts.out`.
@@ -79,24 +84,40 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
     let t = &cfg.train;
     let _ = ctrlc::set_handler(|| INTERRUPTED.store(true, Ordering::SeqCst));
     INTERRUPTED.store(false, Ordering::SeqCst);
-    let bar = progress::bar(t.steps, "steps", opts.quiet);
+    let bar = progress::bar(t.steps, "steps", opts.quiet || !run.dp.is_main());
     bar.set_position(run.state.step);
     let (mut last_loss, mut interrupted) = (f64::NAN, false);
     while run.state.step < t.steps {
         let t0 = std::time::Instant::now();
+        // The global batch; this rank's rows of it, and of every per-sample draw.
         let idx = run.state.sampler.next_batch(t.batch_size as usize);
-        let x = run.train.batch(&idx, cfg.model.image_size, opts.device); // [B, C, S, S]
+        let rows = run.dp.rows(idx.len());
+        let x = run.train.batch(&idx[rows.clone()], cfg.model.image_size, run.device); // [B/world, C, S, S]
         zero_grad(&run.params);
-        let noise = &mut run.state.noise;
+        let step = run.state.step + 1;
+        let noise = &mut ShardedNoise::new(&mut run.state.noise, idx.len(), rows);
         let (model, pool) = (&run.model, run.pool.as_mut());
-        let terms: Elbo = t.precision.autocast(opts.device, || match pool {
-            Some(pool) => pool.elbo(model, &x, t.beta, noise),
+        let terms: Elbo = t.precision.autocast(run.device, || match pool {
+            Some(pool) => {
+                pool.own_noise = run.dp.pool_noise(t.seed, step);
+                pool.elbo(model, &x, t.beta, noise)
+            }
             None if t.grad_checkpointing => elbo_recompute(model, &x, t.beta, noise),
             None => elbo(model, &x, t.beta, noise),
         });
-        let step = run.state.step + 1;
-        let loss = finite(terms.loss.double_value(&[]), step, "loss", &opts.out)?;
         terms.loss.backward();
+        // Gradients averaged over ranks before clipping; every rank sees the global loss
+        // (a non-finite one stops them all) and whether any rank was interrupted.
+        let local = [
+            terms.loss.double_value(&[]),
+            terms.recon.mean(Kind::Float).double_value(&[]),
+            terms.kl.mean(Kind::Float).double_value(&[]),
+            f64::from(u8::from(INTERRUPTED.load(Ordering::SeqCst))),
+        ];
+        let [loss, recon, kl, stop] = run.dp.average_step(&run.params, &local)?[..] else {
+            unreachable!("four statistics")
+        };
+        let loss = finite(loss, step, "loss", &opts.out)?;
         let norm = finite(
             clip_grad_norm(&run.params, t.grad_clip),
             step,
@@ -106,17 +127,19 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         run.adam.update(&run.params);
         run.state.step = step;
         last_loss = loss;
-        run.log.write(&Record::Train {
-            step,
-            loss,
-            recon: terms.recon.mean(Kind::Float).double_value(&[]),
-            kl: terms.kl.mean(Kind::Float).double_value(&[]),
-            grad_norm: norm,
-            step_seconds: t0.elapsed().as_secs_f64(),
-        })?;
+        if let Some(log) = &mut run.log {
+            log.write(&Record::Train {
+                step,
+                loss,
+                recon,
+                kl,
+                grad_norm: norm,
+                step_seconds: t0.elapsed().as_secs_f64(),
+            })?;
+        }
         bar.set_position(step);
         bar.set_message(format!("loss {loss:.2}"));
-        interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        interrupted = stop > 0.0;
         if step.is_multiple_of(t.eval_every) || step == t.steps || interrupted {
             run.evaluate_and_save(cfg, &opts.out, &bar)?;
         }
@@ -137,9 +160,20 @@ impl Run {
     /// Lock the run directory, load the data, build the model and optimiser, and either
     /// start afresh or restore everything from `latest`.
     fn start(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<Run> {
-        std::fs::create_dir_all(&opts.out)
-            .with_context(|| format!("cannot create output directory `{}`", opts.out.display()))?;
-        let lock = RunLock::acquire(&opts.out)?; // held until the run ends
+        let dp = DataParallel::from_env(opts.device)?;
+        let device = dp.device(opts.device);
+        let t = &cfg.train;
+        data_parallel::check_divisible(&dp, t.batch_size, t.pool.as_ref().map(|p| p.size))?;
+        // Rank 0 owns the run directory; the others only read `latest` when resuming
+        // (the directory must be on a filesystem every rank sees, as for torch's DDP).
+        let lock = if dp.is_main() {
+            std::fs::create_dir_all(&opts.out).with_context(|| {
+                format!("cannot create output directory `{}`", opts.out.display())
+            })?;
+            Some(RunLock::acquire(&opts.out)?) // held until the run ends
+        } else {
+            None
+        };
         let latest = latest_path(&opts.out);
         if !opts.resume && !opts.overwrite && latest.exists() {
             bail!(
@@ -147,17 +181,28 @@ impl Run {
                 opts.out.display()
             );
         }
-        remove_stale_temporaries(&opts.out);
+        if dp.is_main() {
+            remove_stale_temporaries(&opts.out);
+        }
         let (train, val) = dataset::load_train_val(cfg)?;
-        let t = &cfg.train;
+        dp.check_same(
+            "config and data",
+            &format!(
+                "{:016x}; train {}; valid {}",
+                data_parallel::fnv1a(cfg.to_toml().as_bytes()),
+                data_parallel::data_fingerprint(&train)?,
+                data_parallel::data_fingerprint(&val)?
+            ),
+        )?;
         t.precision.configure();
-        let model = cfg.model.init(opts.device, t.seed);
+        let model = cfg.model.init(device, t.seed);
         let params = model.params();
         let mut adam = Adam::new(&params, t.lr, t.adam_betas, t.adam_eps);
+        // Each rank's pool holds its share of the rows.
         let mut pool = t
             .pool
             .as_ref()
-            .map(|p| Pool::new(p.size, p.damage_size, p.kl));
+            .map(|p| Pool::new(p.size / dp.world(), p.damage_size, p.kl));
         let state = if opts.resume {
             if !latest.exists() {
                 bail!(
@@ -168,7 +213,14 @@ impl Run {
             let saved = Loaded::read(&latest)?.load_training(&model)?;
             adam.restore(saved.adam_m, saved.adam_v, saved.state.step);
             if let (Some(pool), Some((images, states))) = (pool.as_mut(), saved.pool) {
-                pool.restore(&images, &states, opts.device);
+                // The saved pool is the ranks' pools one after the other (any world size).
+                let r = dp.rows(images.size()[0] as usize);
+                let (start, len) = (r.start as i64, r.len() as i64);
+                pool.restore(
+                    &images.narrow(0, start, len),
+                    &states.narrow(0, start, len),
+                    device,
+                );
             }
             // The saved data order indexes the split it was made for; other data would
             // index out of range (or silently change the run).
@@ -190,13 +242,22 @@ impl Run {
                 best_val: None,
             }
         };
+        dp.check_same("the step resumed from", &state.step.to_string())?;
+        dp.broadcast_params(&params)?;
         // Records after the starting step belong to a run we are replacing (all of them
         // when starting afresh in a used directory, e.g. after a crash before the first
         // checkpoint).
-        let metrics = opts.out.join("metrics.jsonl");
-        super::metrics::truncate_after(&metrics, state.step)?;
-        checkpoint::write_atomic(&opts.out.join("config.toml"), cfg.to_toml().as_bytes())?;
+        let log = if dp.is_main() {
+            let metrics = opts.out.join("metrics.jsonl");
+            super::metrics::truncate_after(&metrics, state.step)?;
+            checkpoint::write_atomic(&opts.out.join("config.toml"), cfg.to_toml().as_bytes())?;
+            Some(MetricsLog::open(&metrics)?)
+        } else {
+            None
+        };
         Ok(Run {
+            dp,
+            device,
             model,
             params,
             adam,
@@ -204,7 +265,7 @@ impl Run {
             state,
             train,
             val,
-            log: MetricsLog::open(&metrics)?,
+            log,
             _lock: lock,
         })
     }
@@ -218,32 +279,18 @@ impl Run {
         bar: &ProgressBar,
     ) -> anyhow::Result<()> {
         let t = &cfg.train;
-        let opts = eval::EvalOptions {
-            limit: Some(t.eval_images),
-            batch: t.batch_size,
-            max_decode: MAX_DECODE,
-        };
-        let mut noise = Noise::new(EVAL_SEED);
-        let (model, val) = (&self.model, &self.val);
-        let report = t.precision.autocast(model.device(), || {
-            eval::nll(
-                model,
-                val,
-                t.eval_iw_samples,
-                &opts,
-                &mut noise,
-                &mut |_| {},
-            )
-        });
-        self.log.write(&Record::Eval {
-            step: self.state.step,
-            split: report.split.clone(),
-            nll_nats: report.nll_nats,
-            nll_stderr: report.nll_stderr,
-            bpd: report.bpd,
-            iw_samples: report.iw_samples,
-            n_images: report.n_images,
-        })?;
+        let report = self.validate(cfg)?;
+        if let Some(log) = &mut self.log {
+            log.write(&Record::Eval {
+                step: self.state.step,
+                split: report.split.clone(),
+                nll_nats: report.nll_nats,
+                nll_stderr: report.nll_stderr,
+                bpd: report.bpd,
+                iw_samples: report.iw_samples,
+                n_images: report.n_images,
+            })?;
+        }
         bar.println(format!(
             "step {}: {} NLL (IWAE-{}) {:.2} ± {:.2} nats, {:.4} bits/dim",
             self.state.step,
@@ -258,6 +305,14 @@ impl Run {
             self.state.best_val = Some(report.nll_nats);
         }
         let save_pool = t.pool.as_ref().is_some_and(|p| p.save);
+        // Every rank takes part in gathering the pool; then only rank 0 writes.
+        let pool = match self.pool.as_ref().filter(|_| save_pool) {
+            Some(p) => self.gather_pool(p)?,
+            None => None,
+        };
+        if !self.dp.is_main() {
+            return Ok(());
+        }
         let training = Training {
             state: self.state.clone(),
             adam_m: self
@@ -272,11 +327,7 @@ impl Run {
                 .iter()
                 .map(|(k, v)| (k.clone(), v.shallow_clone()))
                 .collect(),
-            pool: self
-                .pool
-                .as_ref()
-                .filter(|_| save_pool)
-                .and_then(Pool::to_tensors),
+            pool,
         };
         checkpoint::save_training(&latest_path(out), &self.model, cfg, &training)?;
         if improved {
@@ -284,6 +335,54 @@ impl Run {
             checkpoint::save(&best_path(out), &self.model, &Default::default(), &meta)?;
         }
         write_pictures(&self.model, &self.val, out)
+    }
+
+    /// IWAE NLL of the first `eval_images` validation images with fixed noise, each rank
+    /// evaluating its part of them (sums over ranks make the report).
+    fn validate(&self, cfg: &Config) -> anyhow::Result<eval::NllReport> {
+        let t = &cfg.train;
+        let t0 = std::time::Instant::now();
+        let opts = eval::EvalOptions {
+            limit: None,
+            batch: t.batch_size,
+            max_decode: MAX_DECODE,
+        };
+        let n = (t.eval_images as i64).min(self.val.len()) as usize;
+        let part = data_parallel::split_part(&self.val, n, self.dp.rows(n));
+        // Rank 0 keeps the single process's noise; the others have their own.
+        let mut noise = Noise::new(EVAL_SEED ^ (self.dp.rank() as u64).rotate_left(32));
+        let model = &self.model;
+        let log_px = t.precision.autocast(self.device, || {
+            eval::iwae_per_image(model, &part, t.eval_iw_samples, &opts, &mut noise, &mut |_| {})
+        });
+        let local = [
+            log_px.len() as f64,
+            log_px.iter().map(|l| -l).sum::<f64>(),
+            log_px.iter().map(|l| l * l).sum::<f64>(),
+        ];
+        let [count, sum, sum_sq] = self.dp.sum(&local)?[..] else {
+            unreachable!("three sums")
+        };
+        Ok(eval::summarize_sums(
+            count as usize,
+            sum,
+            sum_sq,
+            t.eval_iw_samples,
+            &self.val.name,
+            t0.elapsed().as_secs_f64(),
+            eval::bpd_dims(&model.cfg),
+        ))
+    }
+
+    /// The ranks' pools one after the other (rank 0's first), for the checkpoint.
+    fn gather_pool(&self, pool: &Pool) -> anyhow::Result<Option<(Tensor, Tensor)>> {
+        let Some((images, states)) = pool.to_tensors() else {
+            return Ok(None);
+        };
+        Ok(Some((
+            self.dp.gather_rows(&images)?,
+            self.dp.gather_rows(&states)?,
+        )))
     }
 }
 

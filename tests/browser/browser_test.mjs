@@ -118,7 +118,12 @@ try {
     "an erase shows at once, before the server's frame", `pixel ${instant.rgb} = erased colour ${instant.want}`);
 
   // ---- the A-B slider morphs --------------------------------------------------------
+  // Wait for the regrowth's own frames: until the server has the click, the last frame
+  // of the previous growth looks grown, and moving the slider would then restart a
+  // growth under way (from the seed) instead of morphing a finished one.
+  const before = await page.evaluate(() => window.vnca.header.generation);
   await page.click("#restart");
+  await page.waitForFunction((g) => window.vnca.header.generation > g, before, { timeout: 10000 });
   await grown(page);
   const t0pic = await samplePixels(page, 0);
   const gen = await page.evaluate(() => window.vnca.header.generation);
