@@ -189,7 +189,15 @@ pub fn summarize_sums(
     report(mean, var, n, k, split, seconds, dims)
 }
 
-fn report(mean: f64, var: f64, n: usize, k: i64, split: &str, seconds: f64, dims: i64) -> NllReport {
+fn report(
+    mean: f64,
+    var: f64,
+    n: usize,
+    k: i64,
+    split: &str,
+    seconds: f64,
+    dims: i64,
+) -> NllReport {
     NllReport {
         nll_nats: mean,
         nll_stderr: (var / n.max(1) as f64).sqrt(),
@@ -216,7 +224,15 @@ mod tests {
         let p = summarize(&[84.23], 128, "test", 1.0, MNIST_BPD_DIMS);
         assert!((p.bpd - 0.1550).abs() < 5e-5, "{}", p.bpd);
         // Colour models divide by channels x H x W.
-        let s = summarize_sums(3, 270.0, 80.0f64.powi(2) + 8100.0 + 10_000.0, 128, "test", 1.0, 784);
+        let s = summarize_sums(
+            3,
+            270.0,
+            80.0f64.powi(2) + 8100.0 + 10_000.0,
+            128,
+            "test",
+            1.0,
+            784,
+        );
         assert_eq!((s.nll_nats, s.n_images), (r.nll_nats, 3));
         assert!((s.nll_stderr - r.nll_stderr).abs() < 1e-12);
         let celeba = crate::config::Config::preset("celeba-doubling-64").unwrap();

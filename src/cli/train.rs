@@ -57,7 +57,11 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
     let main = job.as_ref().is_none_or(|j| j.rank == 0);
     if main {
         let ranks = job.as_ref().map_or(String::new(), |j| {
-            format!(", {} ranks of {} samples each", j.world_size, cfg.train.batch_size / j.world_size as i64)
+            format!(
+                ", {} ranks of {} samples each",
+                j.world_size,
+                cfg.train.batch_size / j.world_size as i64
+            )
         });
         eprintln!(
             "training `{}` on {device:?} ({threads} threads, {}{ranks}) for {} steps -> {}",

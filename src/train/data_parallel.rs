@@ -53,7 +53,9 @@ impl DataParallel {
 
     /// The device this rank computes on (`cuda` becomes `cuda:LOCAL_RANK`).
     pub fn device(&self, requested: Device) -> Device {
-        self.dist.as_ref().map_or(requested, |d| d.device(requested))
+        self.dist
+            .as_ref()
+            .map_or(requested, |d| d.device(requested))
     }
 
     /// "rank 1 of 2 (gloo)", for messages; empty for a single process.
@@ -167,14 +169,16 @@ pub fn split_part(split: &Split, limit: usize, rows: Range<usize>) -> Split {
 /// Checks a data-parallel run can split `batch_size` and the pool evenly.
 pub fn check_divisible(dp: &DataParallel, batch: i64, pool: Option<usize>) -> anyhow::Result<()> {
     let w = dp.world();
-    if batch as usize % w != 0 {
+    if !(batch as usize).is_multiple_of(w) {
         bail!(
             "train.batch_size = {batch} does not split evenly over {w} ranks; \
              use a multiple of {w} (the global batch is divided among the ranks)"
         );
     }
-    if let Some(size) = pool.filter(|s| s % w != 0) {
-        bail!("train.pool.size = {size} does not split evenly over {w} ranks; use a multiple of {w}");
+    if let Some(size) = pool.filter(|s| !s.is_multiple_of(w)) {
+        bail!(
+            "train.pool.size = {size} does not split evenly over {w} ranks; use a multiple of {w}"
+        );
     }
     Ok(())
 }
@@ -298,9 +302,16 @@ mod tests {
             let mut n = ShardedNoise::new(&mut stream, 6, rows.clone());
             let k = rows.len() as i64;
             let (s, l) = (rows.start as i64, k);
-            assert_eq!(values(&n.normal(&[k, 1, 3])), values(&eps.narrow(0, s, l)), "rank {rank}");
+            assert_eq!(
+                values(&n.normal(&[k, 1, 3])),
+                values(&eps.narrow(0, s, l)),
+                "rank {rank}"
+            );
             assert_eq!(values(&n.uniform(&[1])), values(&steps));
-            assert_eq!(values(&n.mask(&[k, 1, 4, 4], 0.5)), values(&mask.narrow(0, s, l)));
+            assert_eq!(
+                values(&n.mask(&[k, 1, 4, 4], 0.5)),
+                values(&mask.narrow(0, s, l))
+            );
             assert_eq!(values(&stream.normal(&[2])), values(&after));
         }
     }

@@ -92,7 +92,9 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
         // The global batch; this rank's rows of it, and of every per-sample draw.
         let idx = run.state.sampler.next_batch(t.batch_size as usize);
         let rows = run.dp.rows(idx.len());
-        let x = run.train.batch(&idx[rows.clone()], cfg.model.image_size, run.device); // [B/world, C, S, S]
+        let x = run
+            .train
+            .batch(&idx[rows.clone()], cfg.model.image_size, run.device); // [B/world, C, S, S]
         zero_grad(&run.params);
         let step = run.state.step + 1;
         let noise = &mut ShardedNoise::new(&mut run.state.noise, idx.len(), rows);
@@ -353,7 +355,14 @@ impl Run {
         let mut noise = Noise::new(EVAL_SEED ^ (self.dp.rank() as u64).rotate_left(32));
         let model = &self.model;
         let log_px = t.precision.autocast(self.device, || {
-            eval::iwae_per_image(model, &part, t.eval_iw_samples, &opts, &mut noise, &mut |_| {})
+            eval::iwae_per_image(
+                model,
+                &part,
+                t.eval_iw_samples,
+                &opts,
+                &mut noise,
+                &mut |_| {},
+            )
         });
         let local = [
             log_px.len() as f64,

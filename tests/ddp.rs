@@ -1,0 +1,391 @@
+//! Data-parallel `vnca train` end to end (src/train/data_parallel.rs): ranks started with
+//! torchrun's variables (and once by torchrun) over loopback with Gloo, against one
+//! process. Takes one lock, as tests/dist.rs: each test starts several processes that load
+//! libtorch, and the kill test's deadline is wall time.
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use vnca::checkpoint::Loaded;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+const LAUNCHER_VARS: [&str; 10] = [
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "SLURM_PROCID",
+    "SLURM_NTASKS",
+    "SLURM_LOCALID",
+    "TORCHELASTIC_USE_AGENT_STORE",
+];
+
+fn tmp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("vnca-ddp-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// The tiny doubling test model at batch 32 with random cell updates (p_update 0.5, so
+/// the per-sample masks are exercised), `steps` steps, one evaluation at the end.
+fn doubling_config(dir: &Path, steps: u64, eval_every: u64) -> PathBuf {
+    let text = std::fs::read_to_string("configs/tiny-test.toml")
+        .unwrap()
+        .replace("batch_size = 4", "batch_size = 32")
+        .replace("p_update = 1.0", "p_update = 0.5")
+        .replace("steps = 20", &format!("steps = {steps}"))
+        .replace("eval_every = 10", &format!("eval_every = {eval_every}"));
+    let path = dir.join("doubling.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A tiny non-doubling model with pool and damage (batch 8, pool 16).
+fn pool_config(dir: &Path) -> PathBuf {
+    let text = r#"name = "tiny-pool"
+[model]
+z_dim = 8
+hidden = 16
+encoder_width = 4
+channels = 1
+image_size = 28
+decoder = "non-doubling"
+update_net = "simple"
+min_steps = 3
+max_steps = 5
+p_update = 0.5
+likelihood = "bernoulli"
+[data]
+dataset = "binarized-mnist"
+path = "data/binarized_mnist.vbm.gz"
+train_splits = ["train"]
+val_split = "valid"
+[train]
+batch_size = 8
+lr = 1e-3
+grad_clip = 10.0
+steps = 4
+eval_every = 2
+eval_images = 8
+seed = 0
+[train.pool]
+size = 16
+damage_size = 6
+"#;
+    let path = dir.join("pool.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn vnca() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vnca"));
+    for var in LAUNCHER_VARS {
+        cmd.env_remove(var);
+    }
+    cmd.args(["--threads", "1"]);
+    cmd
+}
+
+/// `vnca train ARGS` as rank `rank` of `world`.
+fn spawn_rank(rank: usize, world: usize, port: u16, timeout_s: u32, args: &[&str]) -> Child {
+    let mut cmd = vnca();
+    cmd.env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("VNCA_DIST_TIMEOUT", timeout_s.to_string())
+        .arg("train")
+        .args(args)
+        .arg("--quiet")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd.spawn().expect("start vnca train")
+}
+
+/// Runs `world` ranks of `vnca train ARGS` to the end; panics unless all succeed.
+fn run_job(world: usize, args: &[&str]) -> Vec<Output> {
+    let port = free_port();
+    let children: Vec<Child> = (0..world)
+        .map(|r| spawn_rank(r, world, port, 60, args))
+        .collect();
+    let outs: Vec<Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for (r, o) in outs.iter().enumerate() {
+        assert!(
+            o.status.success(),
+            "rank {r} of {world} failed:\n{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    outs
+}
+
+fn run_single(args: &[&str]) -> Output {
+    let o = vnca()
+        .arg("train")
+        .args(args)
+        .arg("--quiet")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    o
+}
+
+/// The model's parameters in a checkpoint (no optimizer moments, no pool), by name.
+fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
+    let ckpt = Loaded::read(path).unwrap();
+    let mut names = ckpt.names();
+    names.sort();
+    names
+        .into_iter()
+        .filter(|n| !n.starts_with("adam.") && !n.starts_with("pool."))
+        .map(|n| {
+            let shape = ckpt.shape(&n).unwrap();
+            let t = ckpt.tensor(&n, &shape).unwrap();
+            (n, vnca::checkpoint::to_f32_vec(&t))
+        })
+        .collect()
+}
+
+fn train_records(out: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["kind"] == "train")
+        .collect()
+}
+
+/// As PyTorch's DDP: 2 ranks x 16 images give the weights of 1 process x 32 images. The
+/// ranks see the single process's images and noise row for row; what differs is the
+/// order of float sums (the batch reductions inside each rank's backward, then the
+/// all-reduce), so the gradients agree to rounding. Adam turns a gradient into a step of
+/// at most about lr per weight whatever its size, so a weight whose gradient is nearly
+/// zero can take a rounding difference into a visible one; the bound is therefore on the
+/// scale of the steps: after 5 updates at lr 1e-3 (at most ~5e-3 of movement), every
+/// weight agrees to 1e-3 of that, |a - b| <= 5e-6. Measured: 7.5e-7 at most.
+#[test]
+fn two_ranks_of_16_train_the_weights_of_one_process_of_32() {
+    let _serial = serial();
+    let dir = tmp("equal");
+    let cfg = doubling_config(&dir, 5, 5);
+    let cfg = cfg.to_str().unwrap();
+    let one = dir.join("one");
+    let two = dir.join("two");
+    run_single(&["--config", cfg, "--out", one.to_str().unwrap()]);
+    let outs = run_job(2, &["--config", cfg, "--out", two.to_str().unwrap()]);
+    // Rank 0 speaks for the job; rank 1 prints nothing.
+    let said0 = String::from_utf8_lossy(&outs[0].stderr);
+    assert!(said0.contains("2 ranks of 16 samples each"), "{said0}");
+    assert_eq!(String::from_utf8_lossy(&outs[1].stderr), "");
+
+    let (a, b) = (
+        weights(&one.join("latest.safetensors")),
+        weights(&two.join("latest.safetensors")),
+    );
+    assert_eq!(a.len(), b.len());
+    let mut worst = 0.0f32;
+    for ((name, x), (name_b, y)) in a.iter().zip(&b) {
+        assert_eq!(name, name_b);
+        let diff = x
+            .iter()
+            .zip(y)
+            .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+        worst = worst.max(diff);
+        assert!(diff <= 5e-6, "{name}: max |a - b| = {diff}");
+    }
+    eprintln!("largest difference of a weight: {worst:e}");
+    // Only rank 0 wrote metrics: 5 train records, each the global batch's loss.
+    let (ra, rb) = (train_records(&one), train_records(&two));
+    assert_eq!(ra.len(), 5);
+    assert_eq!(rb.len(), 5);
+    for (p, q) in ra.iter().zip(&rb) {
+        let (lp, lq) = (p["loss"].as_f64().unwrap(), q["loss"].as_f64().unwrap());
+        assert!((lp - lq).abs() <= 1e-4 * lp.abs(), "loss {lp} vs {lq}");
+        let (gp, gq) = (
+            p["grad_norm"].as_f64().unwrap(),
+            q["grad_norm"].as_f64().unwrap(),
+        );
+        assert!((gp - gq).abs() <= 1e-4 * gp.abs(), "grad norm {gp} vs {gq}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A pool run resumed with another world size continues: 1 process for 2 steps, 2 ranks
+/// to step 4 (each taking half of the saved pool), 1 process to step 6 (taking the
+/// ranks' pools, saved one after the other). The checkpoints hold the whole pool.
+#[test]
+fn a_pool_run_resumes_with_another_world_size() {
+    let _serial = serial();
+    let dir = tmp("resume");
+    let cfg = pool_config(&dir);
+    let (cfg, out) = (cfg.to_str().unwrap(), dir.join("run"));
+    let out_s = out.to_str().unwrap();
+    let pool_rows = |out: &Path| {
+        let ckpt = Loaded::read(&out.join("latest.safetensors")).unwrap();
+        ckpt.shape("pool.images").expect("the pool is saved")[0]
+    };
+    run_single(&["--config", cfg, "--out", out_s, "--steps", "2"]);
+    // Step 1 fills 8 rows; step 2 takes 4 of them and returns its 8.
+    assert_eq!(pool_rows(&out), 12);
+    run_job(
+        2,
+        &["--config", cfg, "--out", out_s, "--steps", "4", "--resume"],
+    );
+    // Each rank starts from 6 of the 12 rows and holds at most 8: 16 in all, written
+    // whole by rank 0.
+    assert_eq!(pool_rows(&out), 16);
+    run_single(&["--config", cfg, "--out", out_s, "--steps", "6", "--resume"]);
+    assert_eq!(pool_rows(&out), 16);
+    let steps: Vec<u64> = train_records(&out)
+        .iter()
+        .map(|r| r["step"].as_u64().unwrap())
+        .collect();
+    assert_eq!(steps, [1, 2, 3, 4, 5, 6], "one record per step, none twice");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A rank killed mid-run ends the job within the timeout, with one `error:` line naming
+/// it; the last checkpoint stays intact, and a single process resumes from it.
+#[test]
+fn a_killed_rank_stops_the_job_and_the_run_resumes() {
+    let _serial = serial();
+    let dir = tmp("kill");
+    let cfg = doubling_config(&dir, 100_000, 2);
+    let (cfg, out) = (cfg.to_str().unwrap(), dir.join("run"));
+    let out_s = out.to_str().unwrap();
+    let port = free_port();
+    let timeout_s = 5;
+    let args = ["--config", cfg, "--out", out_s];
+    let mut rank0 = spawn_rank(0, 2, port, timeout_s, &args);
+    let mut rank1 = spawn_rank(1, 2, port, timeout_s, &args);
+    // Wait for a checkpoint (step 2), then kill rank 1 as the OOM killer would.
+    let latest = out.join("latest.safetensors");
+    let start = Instant::now();
+    while !latest.exists() {
+        assert!(start.elapsed() < Duration::from_secs(120), "no checkpoint");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    rank1.kill().unwrap();
+    let killed = Instant::now();
+    let status = loop {
+        if let Some(s) = rank0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(u64::from(timeout_s) + 30),
+            "rank 0 still running long after its peer died"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let took = killed.elapsed();
+    let o = rank0.wait_with_output().unwrap();
+    let _ = rank1.wait();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(errors[0].contains("rank 1"), "{}", errors[0]);
+    eprintln!(
+        "rank 0 stopped {took:?} after rank 1 was killed: {}",
+        errors[0]
+    );
+    // The checkpoint is whole, and training continues from it in one process.
+    let step = |p: &Path| {
+        let meta = Loaded::read(p).unwrap().meta;
+        let state: serde_json::Value = serde_json::from_str(&meta.state.unwrap()).unwrap();
+        state["step"].as_u64().unwrap()
+    };
+    let saved = step(&latest);
+    assert!(saved >= 2 && saved % 2 == 0, "saved at step {saved}");
+    let more = (saved + 2).to_string();
+    run_single(&[
+        "--config", cfg, "--out", out_s, "--steps", &more, "--resume",
+    ]);
+    assert_eq!(step(&latest), saved + 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The launch line of the README: torchrun starts 2 ranks of `vnca train`.
+#[test]
+fn torchrun_launches_a_training_job() {
+    let _serial = serial();
+    let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
+    assert!(
+        torchrun.exists(),
+        "{} missing: run `make setup` (it installs the torch wheel that carries libtorch)",
+        torchrun.display()
+    );
+    let dir = tmp("torchrun");
+    let out = dir.join("ddp");
+    let mut cmd = Command::new(&torchrun);
+    for var in LAUNCHER_VARS {
+        cmd.env_remove(var);
+    }
+    let o = cmd
+        .args(["--no-python", "--nproc-per-node", "2", "--master-port"])
+        .arg(free_port().to_string())
+        .arg(env!("CARGO_BIN_EXE_vnca"))
+        .args(["train", "--preset", "tiny-test", "--quiet", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "torchrun failed:\n{stderr}");
+    assert!(stderr.contains("2 ranks of 2 samples each"), "{stderr}");
+    assert_eq!(train_records(&out).len(), 20);
+    assert!(out.join("latest.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Ranks started with different configs refuse to start, each with one error saying so.
+#[test]
+fn ranks_with_different_configs_refuse_to_start() {
+    let _serial = serial();
+    let dir = tmp("mismatch");
+    let cfg = doubling_config(&dir, 5, 5);
+    let (cfg, out) = (cfg.to_str().unwrap(), dir.join("run"));
+    let out_s = out.to_str().unwrap();
+    let port = free_port();
+    let children = [
+        spawn_rank(0, 2, port, 30, &["--config", cfg, "--out", out_s]),
+        spawn_rank(
+            1,
+            2,
+            port,
+            30,
+            &["--config", cfg, "--out", out_s, "--steps", "6"],
+        ),
+    ];
+    for (r, c) in children.into_iter().enumerate() {
+        let o = c.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "rank {r}: {stderr}");
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(errors.len(), 1, "rank {r}: {stderr}");
+        assert!(
+            errors[0].contains("ranks differ in config and data") && errors[0].contains("rank 1"),
+            "rank {r}: {}",
+            errors[0]
+        );
+    }
+    assert!(!out.join("latest.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
