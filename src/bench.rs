@@ -298,7 +298,7 @@ fn hot_loop(model: &Vnca, o: &BenchOptions) -> f64 {
     let mut times = Vec::new();
     for i in 0..o.warmup + o.repeats {
         let t0 = Instant::now();
-        let out = model.nca.update_net.forward(&state);
+        let out = model.nca().update_net.forward(&state);
         out.sum(Kind::Float).backward();
         sync(o.device);
         if i >= o.warmup {

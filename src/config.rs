@@ -49,6 +49,8 @@ pub enum DecoderKind {
     Doubling,
     /// z broadcast to every cell of the `image_size` grid, then T ~ U{min..max} steps.
     NonDoubling,
+    /// Not an NCA: the baseline VAE's deconvolutional decoder (src/model/deconv.rs).
+    Deconv,
 }
 
 /// The update network's architecture (docs/REFERENCE.md §2).
@@ -78,7 +80,9 @@ pub enum LikelihoodKind {
 pub struct ModelConfig {
     /// Latent size Z; also the number of channels of every cell's state.
     pub z_dim: i64,
-    /// Hidden width of the update network's residual blocks.
+    /// Hidden width of the update network's residual blocks (required for the NCA
+    /// decoders; the deconv baseline has no update network).
+    #[serde(default)]
     pub hidden: i64,
     /// Number of residual blocks in the update network (4 in the paper).
     #[serde(default = "default_n_residual")]
@@ -138,10 +142,12 @@ pub enum EncoderInput {
 
 impl ModelConfig {
     /// Number of doublings from the 2x2 seed to `image_size` (4 for 32x32; 0 for the
-    /// non-doubling decoder).
+    /// non-doubling decoder; the deconvolutional decoder doubles its 2x2 grid as often).
     pub fn n_doublings(&self) -> usize {
         match self.decoder {
-            DecoderKind::Doubling => (self.image_size as u64).trailing_zeros() as usize - 1,
+            DecoderKind::Doubling | DecoderKind::Deconv => {
+                (self.image_size as u64).trailing_zeros() as usize - 1
+            }
             DecoderKind::NonDoubling => 0,
         }
     }
@@ -377,6 +383,12 @@ impl Config {
                 ),
             ));
         }
+        if self.train.grad_checkpointing && m.decoder == DecoderKind::Deconv {
+            return Err((
+                "train.grad_checkpointing",
+                "recomputes NCA steps; the deconv baseline has none".into(),
+            ));
+        }
         if let Some(pool) = &self.train.pool {
             if m.decoder != DecoderKind::NonDoubling {
                 return Err((
@@ -416,8 +428,11 @@ impl ModelConfig {
         if m.z_dim < 1 {
             return Err(("model.z_dim", format!("{} (must be >= 1)", m.z_dim)));
         }
-        if m.hidden < 1 {
-            return Err(("model.hidden", format!("{} (must be >= 1)", m.hidden)));
+        if m.hidden < 1 && m.decoder != DecoderKind::Deconv {
+            return Err((
+                "model.hidden",
+                format!("{} (must be >= 1; required for an NCA decoder)", m.hidden),
+            ));
         }
         if m.encoder_width < 1 {
             return Err((
@@ -449,10 +464,18 @@ impl ModelConfig {
         }
         let s = m.image_size;
         match m.decoder {
-            DecoderKind::Doubling if s < 16 || (s as u64).count_ones() != 1 => {
+            DecoderKind::Doubling | DecoderKind::Deconv
+                if s < 16 || (s as u64).count_ones() != 1 =>
+            {
                 return Err((
                     "model.image_size",
-                    format!("{s} (the doubling decoder needs a power of two >= 16)"),
+                    format!("{s} (the {:?} decoder needs a power of two >= 16)", m.decoder),
+                ));
+            }
+            DecoderKind::Deconv if m.likelihood != LikelihoodKind::Bernoulli => {
+                return Err((
+                    "model.decoder",
+                    "\"deconv\" (the baseline VAE) is built for the Bernoulli likelihood only".into(),
                 ));
             }
             DecoderKind::NonDoubling if !(16..=512).contains(&s) || (s % 16) % 2 == 1 => {

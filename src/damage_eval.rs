@@ -68,7 +68,7 @@ pub fn damage_eval(
             let mut done = 0;
             for (k, &target) in steps.iter().enumerate() {
                 state = model
-                    .nca
+                    .nca()
                     .run_steps(&state, target - done, noise, &mut |_| {});
                 done = target;
                 push(2 + k, &state);

@@ -48,7 +48,7 @@ pub fn elbo(model: &Vnca, x: &Tensor, beta: f64, noise: &mut dyn NoiseSource) ->
 pub fn elbo_recompute(model: &Vnca, x: &Tensor, beta: f64, noise: &mut dyn NoiseSource) -> Elbo {
     let (q, z) = encode_and_sample(model, x, noise); // z: [B, Z]
     let mut recon = Tensor::new();
-    let recon_mean = model.nca.grow_recompute(&z, noise, &mut |state| {
+    let recon_mean = model.nca().grow_recompute(&z, noise, &mut |state| {
         recon = -model.log_likelihood(state, x); // [B]
         recon.mean(None::<Kind>)
     });
@@ -75,7 +75,7 @@ fn draw_per_image(
     let mut image_steps: Option<Vec<usize>> = None;
     for _ in 0..b {
         eps.push(noise.normal(&[1, k, model.cfg.z_dim])); // [1, K, Z]
-        if let Some(t) = model.nca.draw_steps(noise) {
+        if let Some(t) = model.as_nca().and_then(|nca| nca.draw_steps(noise)) {
             image_steps.get_or_insert_with(Vec::new).push(t);
         }
     }

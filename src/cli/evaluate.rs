@@ -219,6 +219,7 @@ fn write_csv(
 
 pub(super) fn cmd_damage_eval(a: DamageEvalArgs, device: tch::Device) -> anyhow::Result<()> {
     let (model, mut cfg) = load_model(&a.checkpoint, a.arch.explicit()?, device)?;
+    model.require_nca("vnca damage-eval")?;
     if let Some(d) = a.data {
         cfg.data.path = d;
     }

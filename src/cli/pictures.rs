@@ -60,6 +60,7 @@ pub(super) fn cmd_sample(a: SampleArgs, device: tch::Device) -> anyhow::Result<(
 
 pub(super) fn cmd_figures(a: FiguresArgs, device: tch::Device) -> anyhow::Result<()> {
     let (model, mut cfg) = a.checkpoint.load(a.arch.explicit()?, device)?;
+    model.require_nca("vnca figures (growth, damage and recovery)")?;
     if let Some(d) = a.data {
         cfg.data.path = d;
     }

@@ -16,7 +16,7 @@ pub fn growth_frames(
     let size = model.cfg.image_size;
     let mut frames = Vec::new();
     let last = tch::no_grad(|| {
-        model.nca.grow(z, noise, &mut |s| {
+        model.nca().grow(z, noise, &mut |s| {
             frames.push(model.render_centred(s, size))
         })
     });
@@ -37,7 +37,7 @@ pub fn recovery_frames(
         let s = damage(state, square.0, square.1, square.2);
         frames.push(model.render_mean(&s));
         let _last = model
-            .nca
+            .nca()
             .run_steps(&s, steps, noise, &mut |s| frames.push(model.render_mean(s)));
         frames
     })
@@ -62,7 +62,7 @@ mod tests {
         let mut noise = crate::noise::Noise::new(0);
         let z = noise.normal(&[3, cfg.model.z_dim]);
         let (frames, last) = growth_frames(&model, &z, &mut noise);
-        assert_eq!(frames.len(), 1 + model.nca.n_steps() + cfg.n_doublings());
+        assert_eq!(frames.len(), 1 + model.nca().n_steps() + cfg.n_doublings());
         assert!(frames.iter().all(|f| f.size() == [3, 1, 32, 32]));
         // The seed frame shows a 2x2 grid in the centre, black around it.
         let seed = &frames[0];

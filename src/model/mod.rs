@@ -6,11 +6,13 @@
 //!
 //! Shapes: B images of C channels and side S; Z the latent size, which is also the number
 //! of channels of every cell's state; `hidden` the update network's width.
+pub mod deconv;
 pub mod nca;
 
-use crate::config::{EncoderInput, LikelihoodKind, ModelConfig, UpdateNetKind};
+use crate::config::{DecoderKind, EncoderInput, LikelihoodKind, ModelConfig, UpdateNetKind};
 use crate::likelihood::{bernoulli, logistic_mixture};
 use crate::noise::NoiseSource;
+use deconv::Deconv;
 use nca::Nca;
 use std::collections::BTreeMap;
 use tch::{nn, nn::Module, Device, Tensor};
@@ -252,8 +254,16 @@ impl UpdateNet {
 pub struct Vnca {
     pub vs: nn::VarStore,
     pub encoder: Encoder,
-    pub nca: Nca,
+    pub decoder: Decoder,
     pub cfg: ModelConfig,
+}
+
+/// What turns z into the likelihood's parameters: the NCA (a VNCA), or the baseline VAE's
+/// deconvolutions (`deconv.rs`), which has no cells to grow, damage or step.
+#[derive(Debug)]
+pub enum Decoder {
+    Nca(Nca),
+    Deconv(Deconv),
 }
 
 /// q(z|x) of a batch.
@@ -277,13 +287,42 @@ impl Vnca {
         let vs = nn::VarStore::new(device);
         let root = vs.root();
         let encoder = Encoder::new(&(&root / "encoder"), cfg);
-        let nca = Nca::new(&(&root / "nca"), cfg);
+        let decoder = match cfg.decoder {
+            DecoderKind::Deconv => Decoder::Deconv(Deconv::new(&(&root / "decoder"), cfg)),
+            _ => Decoder::Nca(Nca::new(&(&root / "nca"), cfg)),
+        };
         Vnca {
             vs,
             encoder,
-            nca,
+            decoder,
             cfg: cfg.clone(),
         }
+    }
+
+    /// The NCA decoder, None for the baseline VAE.
+    pub fn as_nca(&self) -> Option<&Nca> {
+        match &self.decoder {
+            Decoder::Nca(nca) => Some(nca),
+            Decoder::Deconv(_) => None,
+        }
+    }
+
+    /// The NCA decoder of a VNCA. Commands that grow, damage or step cells refuse the
+    /// baseline VAE up front (`require_nca`), so reaching here without one is a bug.
+    pub fn nca(&self) -> &Nca {
+        self.as_nca()
+            .expect("an NCA model (require_nca refuses the baseline VAE)")
+    }
+
+    /// An error for commands that need cells (growth, damage, the web page) when this is
+    /// the baseline VAE.
+    pub fn require_nca(&self, what: &str) -> anyhow::Result<()> {
+        if self.as_nca().is_none() {
+            anyhow::bail!(
+                "{what} needs a neural cellular automaton, and this model (decoder = \"deconv\") is the baseline VAE, which has none"
+            );
+        }
+        Ok(())
     }
 
     pub fn device(&self) -> Device {
@@ -311,8 +350,12 @@ impl Vnca {
     }
 
     /// z: [N, Z] -> final cell states [N, Z, S, S].
+    /// For the baseline VAE: Bernoulli logits [N, 1, S, S], the channel read from states.
     pub fn decode(&self, z: &Tensor, noise: &mut dyn NoiseSource) -> Tensor {
-        self.nca.grow(z, noise, &mut |_| {})
+        match &self.decoder {
+            Decoder::Nca(nca) => nca.grow(z, noise, &mut |_| {}),
+            Decoder::Deconv(deconv) => deconv.forward(z),
+        }
     }
 
     /// z: [N, Z] -> final states [N, Z, S, S], row i of a non-doubling model running
@@ -324,7 +367,7 @@ impl Vnca {
         noise: &mut dyn NoiseSource,
     ) -> Tensor {
         match row_steps {
-            Some(steps) => self.nca.grow_rows(&self.nca.seed(z), steps, noise),
+            Some(steps) => self.nca().grow_rows(&self.nca().seed(z), steps, noise),
             None => self.decode(z, noise),
         }
     }

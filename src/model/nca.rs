@@ -91,6 +91,7 @@ impl Nca {
                 min_steps: cfg.min_steps,
                 max_steps: cfg.max_steps,
             },
+            DecoderKind::Deconv => unreachable!("the deconv baseline has no NCA (Vnca::new)"),
         };
         Nca {
             update_net: UpdateNet::new(&(p / "update_net"), cfg),

@@ -33,6 +33,9 @@ pub fn load_models(
     let mut out = Vec::new();
     for src in sources {
         let (model, cfg) = src.load(None, device)?;
+        model
+            .require_nca("vnca serve")
+            .map_err(|e| anyhow::anyhow!("{src}: {e}"))?;
         anyhow::ensure!(
             cfg.model.image_size <= u16::MAX as i64 && cfg.model.channels <= u8::MAX as i64,
             "{src}: image size or channel count too large to stream"

@@ -158,8 +158,8 @@ impl Sim {
     /// non-doubling decoder draws its number of steps).
     pub fn restart(&mut self) {
         let z = self.z().to_device(self.model.device());
-        self.state = self.model.nca.seed(&z);
-        self.schedule = self.model.nca.schedule(&mut self.noise);
+        self.state = self.model.nca().seed(&z);
+        self.schedule = self.model.nca().schedule(&mut self.noise);
         self.pos = 0;
         self.step = 0;
         self.generation = self.generation.wrapping_add(1);
@@ -170,15 +170,15 @@ impl Sim {
     pub fn grow_at_once(&mut self) {
         let mut noise = Noise::new(self.morph_seed);
         let z = self.z().to_device(self.model.device());
-        let seed = self.model.nca.seed(&z);
-        self.schedule = self.model.nca.schedule(&mut noise);
+        let seed = self.model.nca().seed(&z);
+        self.schedule = self.model.nca().schedule(&mut noise);
         self.state = tch::no_grad(|| {
             let mut s = seed;
             for &double_here in &self.schedule {
                 s = if double_here {
                     double(&s)
                 } else {
-                    self.model.nca.step(&s, &mut noise)
+                    self.model.nca().step(&s, &mut noise)
                 };
             }
             s
@@ -195,7 +195,7 @@ impl Sim {
             if self.pos < self.schedule.len() && self.schedule[self.pos] {
                 double(&self.state)
             } else {
-                self.model.nca.step(&self.state, &mut self.noise)
+                self.model.nca().step(&self.state, &mut self.noise)
             }
         });
         if !bool::try_from(next.isfinite().all()).unwrap_or(false) {

@@ -92,6 +92,7 @@ impl ModelSnapshot {
             decoder: match m.decoder {
                 DecoderKind::Doubling => "doubling",
                 DecoderKind::NonDoubling => "non-doubling",
+                DecoderKind::Deconv => "deconv",
             },
             growth_steps: growth_steps(&self.cfg),
             heals: self.heals(),
@@ -109,5 +110,6 @@ pub fn growth_steps(cfg: &Config) -> usize {
             cfg.model.steps_per_stage * (cfg.n_doublings() + 1) + cfg.n_doublings()
         }
         DecoderKind::NonDoubling => cfg.model.max_steps,
+        DecoderKind::Deconv => 0,
     }
 }

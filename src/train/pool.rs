@@ -121,14 +121,14 @@ impl Pool {
             pool_states = Some(states); // [B/2, Z, S, S]
         }
         let (q, z) = encode_and_sample(model, &x, noise); // z: [B, Z]
-        let mut seeds = model.nca.seed(&z); // [B, Z, S, S]
+        let mut seeds = model.nca().seed(&z); // [B, Z, S, S]
         if let Some(ps) = &pool_states {
             seeds = Tensor::cat(
                 &[seeds.narrow(0, 0, b - n_pool), ps.to_kind(seeds.kind())],
                 0,
             );
         }
-        let state = model.nca.grow_from(&seeds, noise, &mut |_| {}); // [B, Z, S, S]
+        let state = model.nca().grow_from(&seeds, noise, &mut |_| {}); // [B, Z, S, S]
         let recon = -model.log_likelihood(&state, &x); // [B]
         let kl_all = gaussian::kl_std(&q.mu, &q.log_sigma); // [B]
         let kl_term = match (self.kl, use_pool) {
