@@ -469,13 +469,17 @@ impl ModelConfig {
             {
                 return Err((
                     "model.image_size",
-                    format!("{s} (the {:?} decoder needs a power of two >= 16)", m.decoder),
+                    format!(
+                        "{s} (the {:?} decoder needs a power of two >= 16)",
+                        m.decoder
+                    ),
                 ));
             }
             DecoderKind::Deconv if m.likelihood != LikelihoodKind::Bernoulli => {
                 return Err((
                     "model.decoder",
-                    "\"deconv\" (the baseline VAE) is built for the Bernoulli likelihood only".into(),
+                    "\"deconv\" (the baseline VAE) is built for the Bernoulli likelihood only"
+                        .into(),
                 ));
             }
             DecoderKind::NonDoubling if !(16..=512).contains(&s) || (s % 16) % 2 == 1 => {

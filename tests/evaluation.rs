@@ -132,20 +132,20 @@ fn digits(n: i64) -> Tensor {
 fn rows_frozen_at_their_own_step_count_equal_separate_growths() {
     let model = grid_model();
     let z = Tensor::randn([3, 8], (Kind::Float, Device::Cpu));
-    let seed = model.nca.seed(&z);
+    let seed = model.nca().seed(&z);
     let mut noise = Noise::new(0);
-    let together = tch::no_grad(|| model.nca.grow_rows(&seed, &[2, 7, 4], &mut noise));
+    let together = tch::no_grad(|| model.nca().grow_rows(&seed, &[2, 7, 4], &mut noise));
     for (i, t) in [2usize, 7, 4].into_iter().enumerate() {
         let alone = tch::no_grad(|| {
             model
-                .nca
+                .nca()
                 .grow_rows(&seed.narrow(0, i as i64, 1), &[t], &mut noise)
         });
         let e = rel_err(&together.narrow(0, i as i64, 1), &alone);
         assert!(e < 1e-6, "row {i} (T = {t}): rel err {e}");
     }
     // Different T give different states (the counts are not ignored).
-    let two = tch::no_grad(|| model.nca.grow_rows(&seed, &[2, 2, 2], &mut noise));
+    let two = tch::no_grad(|| model.nca().grow_rows(&seed, &[2, 2, 2], &mut noise));
     assert!(rel_err(&together.narrow(0, 1, 1), &two.narrow(0, 1, 1)) > 1e-3);
 }
 
@@ -183,7 +183,7 @@ fn iwae_estimate_does_not_depend_on_batching() {
     let steps: Vec<usize> = (0..5)
         .map(|_| {
             let _ = vnca::noise::NoiseSource::normal(&mut noise, &[1, k, 8]);
-            model.nca.draw_steps(&mut noise).unwrap()
+            model.nca().draw_steps(&mut noise).unwrap()
         })
         .collect();
     assert!(steps.iter().any(|&t| t != steps[0]), "{steps:?}");

@@ -315,3 +315,33 @@ impl vnca::noise::NoiseSource for FixedUniform {
         Tensor::full(shape, 0.5, (Kind::Float, Device::Cpu))
     }
 }
+
+/// The baseline VAE (`mnist-vae-baseline` at the tiny widths: Z = 8, encoder width 4)
+/// against PyTorch: the decoder's logits, the ELBO and every gradient.
+#[test]
+fn deconv_baseline_matches_pytorch() {
+    let mut cfg = Config::preset("mnist-vae-baseline").unwrap();
+    cfg.model.z_dim = 8;
+    cfg.model.encoder_width = 4;
+    let model = Vnca::new(&cfg.model, Device::Cpu, 0);
+    Loaded::read(&fixture("deconv_weights.safetensors"))
+        .unwrap()
+        .load_model(&model)
+        .unwrap();
+    let io = Loaded::read(&fixture("deconv_io.safetensors")).unwrap();
+    let x = get(&io, "input.x", &[3, 1, 32, 32]);
+    let eps = get(&io, "input.eps", &[3, 1, 8]);
+    let q = model.encode(&x);
+    let mut none = FixedNoise(Default::default());
+    let logits = model.decode(&q.sample_with(&eps).squeeze_dim(1), &mut none);
+    let e = rel_err(&logits, &get(&io, "expected.logits", &[3, 1, 32, 32]));
+    assert!(e < TOL, "logits rel err {e}");
+    let terms = elbo(&model, &x, 1.0, &mut FixedNoise([eps].into()));
+    let e = rel_err(&terms.loss, &get(&io, "expected.loss", &[]));
+    assert!(e < TOL, "loss rel err {e}");
+    terms.loss.backward();
+    for (name, p) in model.params() {
+        let e = rel_err(&p.grad(), &get(&io, &format!("grad.{name}"), &p.size()));
+        assert!(e < 1e-3, "d loss / d {name}: rel err {e}");
+    }
+}

@@ -21,6 +21,10 @@ Expected values are computed in float64 from the float32-rounded weights and inp
     padding 4, z in every cell of the 28x28 grid, the "simple" update net
     (3x3 conv, ELU, 1x1 conv without bias), T = 3 steps, p_update = 1.
 
+  deconv_weights.safetensors, deconv_io.safetensors: the baseline VAE of the
+    `mnist-vae-baseline` preset at the tiny widths (src/model/deconv.rs): input.x, input.eps,
+    expected.logits [3,1,32,32], expected.loss, grad.<param>.
+
 Usage: .venv/bin/python tools/make_fixtures.py tests/fixtures
 """
 import math
@@ -30,6 +34,7 @@ import sys
 import torch
 from safetensors.torch import save_file
 from torch import nn
+from torch.nn import functional as F
 from torch.distributions import Bernoulli, Normal, kl_divergence
 
 Z, HID, ENC_W, SIZE, STEPS, N_RES = 8, 16, 4, 32, 2, 4
@@ -148,9 +153,59 @@ def nondoubling(out_dir):
     print(f"non-doubling loss {loss.item():.6f}")
 
 
+class DeconvVAE(nn.Module):
+    """The baseline VAE (src/model/deconv.rs): the VNCA's encoder, and a decoder of a
+    linear layer to 16w x 2 x 2, four 5x5 transposed convolutions (stride 2, padding 2,
+    output padding 1) halving the channels, ELU after each, and a 5x5 transposed
+    convolution (stride 1, padding 2) to one channel of Bernoulli logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.encoder = VNCA().encoder
+        c0 = ENC_W * 16
+        ups = [nn.ConvTranspose2d(c0 >> i, c0 >> (i + 1), 5, stride=2, padding=2, output_padding=1)
+               for i in range(4)]
+        self.decoder = nn.ModuleList([nn.Linear(Z, c0 * 4), *ups,
+                                      nn.ConvTranspose2d(ENC_W, 1, 5, stride=1, padding=2)])
+
+    def encode(self, x):
+        q = self.encoder(x)
+        return q[:, :Z], q[:, Z:]
+
+    def decode(self, z):
+        h = F.elu(self.decoder[0](z)).view(z.shape[0], ENC_W * 16, 2, 2)
+        for up in self.decoder[1:5]:
+            h = F.elu(up(h))
+        return self.decoder[5](h)
+
+
+def deconv(out_dir):
+    torch.manual_seed(777)
+    model = DeconvVAE()
+    weights = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, os.path.join(out_dir, "deconv_weights.safetensors"))
+    model = model.double()
+    x = torch.zeros(B, 1, SIZE, SIZE, dtype=torch.float64)
+    x[:, :, 2:30, 2:30] = (torch.rand(B, 1, 28, 28) < 0.3).double()
+    eps = torch.randn(B, 1, Z).float().double()
+    mu, log_sigma = model.encode(x)
+    q = Normal(mu, log_sigma.exp())
+    logits = model.decode(mu + log_sigma.exp() * eps[:, 0])
+    log_px_z = Bernoulli(logits=logits).log_prob(x).sum(dim=(1, 2, 3))
+    kl = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(dim=1)
+    loss = (-log_px_z + kl).mean()
+    loss.backward()
+    io = {"input.x": x, "input.eps": eps, "expected.logits": logits, "expected.loss": loss}
+    io = {k: v.detach().float().contiguous() for k, v in io.items()}
+    io.update({f"grad.{n}": p.grad.detach().float() for n, p in model.named_parameters()})
+    save_file(io, os.path.join(out_dir, "deconv_io.safetensors"))
+    print(f"deconv loss {loss.item():.6f}")
+
+
 def main(out_dir):
     os.makedirs(out_dir, exist_ok=True)
     nondoubling(out_dir)
+    deconv(out_dir)
     torch.manual_seed(1234)
     model = VNCA()
     with torch.no_grad():

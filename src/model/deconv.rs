@@ -23,7 +23,13 @@ pub struct Deconv {
 
 /// `nn.ConvTranspose2d(c_in, c_out, k, stride, padding, output_padding)` with PyTorch's
 /// default init (its fan-in is `c_out * k * k`: the weight is [c_in, c_out, k, k]).
-fn conv_transpose(p: nn::Path, c_in: i64, c_out: i64, stride: i64, out_pad: i64) -> nn::ConvTranspose2D {
+fn conv_transpose(
+    p: nn::Path,
+    c_in: i64,
+    c_out: i64,
+    stride: i64,
+    out_pad: i64,
+) -> nn::ConvTranspose2D {
     let init = torch_default_init(c_out * 25);
     let cfg = nn::ConvTransposeConfig {
         stride,
@@ -80,12 +86,20 @@ mod tests {
             .map(|(_, t)| t.numel() as i64)
             .sum();
         let convt = |i: i64, o: i64| i * o * 25 + o;
-        let want = 32 * 1024 + 1024
+        let want = 32 * 1024
+            + 1024
             + convt(256, 128)
             + convt(128, 64)
             + convt(64, 32)
             + convt(32, 16)
             + convt(16, 1);
         assert_eq!(decoder, want);
+        // No cells: the commands that grow, damage or step them refuse it in one line.
+        let e = model.require_nca("vnca serve").unwrap_err().to_string();
+        assert!(
+            e.starts_with("vnca serve needs a neural cellular automaton"),
+            "{e}"
+        );
+        assert!(model.as_nca().is_none());
     }
 }
