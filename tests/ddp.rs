@@ -2,36 +2,13 @@
 //! torchrun's variables (and once by torchrun) over loopback with Gloo, against one
 //! process. Takes one lock, as tests/dist.rs: each test starts several processes that load
 //! libtorch, and the kill test's deadline is wall time.
-use std::net::TcpListener;
+mod common;
+
+use common::launch::{free_port, serial, torchrun, vnca as vnca_command};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Mutex, MutexGuard};
+use std::process::{Child, Output, Stdio};
 use std::time::{Duration, Instant};
 use vnca::checkpoint::Loaded;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
-}
-
-const LAUNCHER_VARS: [&str; 10] = [
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "LOCAL_WORLD_SIZE",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "SLURM_PROCID",
-    "SLURM_NTASKS",
-    "SLURM_LOCALID",
-    "TORCHELASTIC_USE_AGENT_STORE",
-];
 
 fn tmp(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("vnca-ddp-{name}-{}", std::process::id()));
@@ -91,11 +68,9 @@ damage_size = 6
     path
 }
 
-fn vnca() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vnca"));
-    for var in LAUNCHER_VARS {
-        cmd.env_remove(var);
-    }
+/// `vnca --threads 1`, outside any job.
+fn vnca() -> std::process::Command {
+    let mut cmd = vnca_command();
     cmd.args(["--threads", "1"]);
     cmd
 }
@@ -327,22 +302,9 @@ fn a_killed_rank_stops_the_job_and_the_run_resumes() {
 #[test]
 fn torchrun_launches_a_training_job() {
     let _serial = serial();
-    let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
-    assert!(
-        torchrun.exists(),
-        "{} missing: run `make setup` (it installs the torch wheel that carries libtorch)",
-        torchrun.display()
-    );
     let dir = tmp("torchrun");
     let out = dir.join("ddp");
-    let mut cmd = Command::new(&torchrun);
-    for var in LAUNCHER_VARS {
-        cmd.env_remove(var);
-    }
-    let o = cmd
-        .args(["--no-python", "--nproc-per-node", "2", "--master-port"])
-        .arg(free_port().to_string())
-        .arg(env!("CARGO_BIN_EXE_vnca"))
+    let o = torchrun(2)
         .args(["train", "--preset", "tiny-test", "--quiet", "--out"])
         .arg(&out)
         .output()

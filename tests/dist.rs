@@ -6,40 +6,14 @@
 //!
 //! The tests take one lock: each starts 2-3 processes that load libtorch, and their
 //! deadlines are about wall time, which parallel tests on a small machine would stretch.
+mod common;
+
+use common::launch::{free_port, serial, torchrun, vnca};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::process::{Child, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A port nobody listens on now (the OS's pick, released at once).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-const LAUNCHER_VARS: [&str; 9] = [
-    "RANK",
-    "WORLD_SIZE",
-    "LOCAL_RANK",
-    "MASTER_ADDR",
-    "MASTER_PORT",
-    "SLURM_PROCID",
-    "SLURM_NTASKS",
-    "SLURM_LOCALID",
-    "TORCHELASTIC_USE_AGENT_STORE",
-];
 
 /// One rank: its process, the JSON lines it printed so far, and its stderr at the end.
 struct Rank {
@@ -106,10 +80,7 @@ impl Drop for Rank {
 
 /// Starts rank `rank` of `world` with torchrun's variables and `VNCA_DIST_TIMEOUT`.
 fn spawn_rank(rank: usize, world: usize, port: u16, timeout_s: u32, args: &[&str]) -> Rank {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vnca"));
-    for var in LAUNCHER_VARS {
-        cmd.env_remove(var);
-    }
+    let mut cmd = vnca();
     cmd.env("RANK", rank.to_string())
         .env("WORLD_SIZE", world.to_string())
         .env("LOCAL_RANK", rank.to_string())
@@ -308,20 +279,7 @@ fn a_hung_rank_is_named_once_the_timeout_runs_out() {
 #[test]
 fn torchrun_launches_the_ranks() {
     let _serial = serial();
-    let torchrun = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/torchrun");
-    assert!(
-        torchrun.exists(),
-        "{} missing: run `make setup` (it installs the torch wheel that carries libtorch)",
-        torchrun.display()
-    );
-    let mut cmd = Command::new(&torchrun);
-    for var in LAUNCHER_VARS {
-        cmd.env_remove(var);
-    }
-    let out = cmd
-        .args(["--no-python", "--nproc-per-node", "2", "--master-port"])
-        .arg(free_port().to_string())
-        .arg(env!("CARGO_BIN_EXE_vnca"))
+    let out = torchrun(2)
         .args(["--threads", "1", "dist-selftest", "--steps", "2"])
         .env("VNCA_DIST_TIMEOUT", "60")
         .output()
@@ -361,11 +319,7 @@ fn torchrun_launches_the_ranks() {
 fn bad_launcher_variables_are_one_error_line() {
     let _serial = serial();
     let run = |vars: &[(&str, &str)]| {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_vnca"));
-        for var in LAUNCHER_VARS {
-            cmd.env_remove(var);
-        }
-        let out = cmd
+        let out = vnca()
             .envs(vars.iter().copied())
             .args(["dist-selftest"])
             .output()

@@ -27,6 +27,26 @@ fn get(io: &Loaded, name: &str, shape: &[i64]) -> Tensor {
     io.tensor(name, shape).unwrap()
 }
 
+/// A model of `cfg` with the fixture's weights (`NAME_weights.safetensors`, a bare
+/// state_dict), and the fixture's inputs and expected values (`NAME_io.safetensors`).
+fn fixture_model(cfg: &vnca::config::ModelConfig, name: &str) -> (Vnca, Loaded) {
+    let model = Vnca::new(cfg, Device::Cpu, 0);
+    Loaded::read(&fixture(&format!("{name}_weights.safetensors")))
+        .unwrap()
+        .load_model(&model)
+        .unwrap();
+    let io = Loaded::read(&fixture(&format!("{name}_io.safetensors"))).unwrap();
+    (model, io)
+}
+
+/// Every parameter's gradient (after `backward`) against the fixture's `grad.<name>`.
+fn assert_gradients_match(model: &Vnca, io: &Loaded) {
+    for (name, p) in model.params() {
+        let e = rel_err(&p.grad(), &get(io, &format!("grad.{name}"), &p.size()));
+        assert!(e < 1e-3, "d loss / d {name}: rel err {e}");
+    }
+}
+
 #[test]
 fn encoder_decoder_and_elbo_match_pytorch() {
     let (model, io) = tiny_model();
@@ -274,12 +294,7 @@ fn nondoubling_model_matches_pytorch() {
     cfg.model.min_steps = 3;
     cfg.model.max_steps = 3;
     cfg.model.p_update = 1.0;
-    let model = Vnca::new(&cfg.model, Device::Cpu, 0);
-    Loaded::read(&fixture("nondoubling_weights.safetensors"))
-        .unwrap()
-        .load_model(&model)
-        .unwrap();
-    let io = Loaded::read(&fixture("nondoubling_io.safetensors")).unwrap();
+    let (model, io) = fixture_model(&cfg.model, "nondoubling");
     let x = get(&io, "input.x", &[3, 1, 28, 28]);
     let eps = get(&io, "input.eps", &[3, 1, 8]);
     let q = model.encode(&x);
@@ -295,10 +310,7 @@ fn nondoubling_model_matches_pytorch() {
     let e = rel_err(&terms.loss, &get(&io, "expected.loss", &[]));
     assert!(e < TOL, "loss rel err {e}");
     terms.loss.backward();
-    for (name, p) in model.params() {
-        let e = rel_err(&p.grad(), &get(&io, &format!("grad.{name}"), &p.size()));
-        assert!(e < 1e-3, "d loss / d {name}: rel err {e}");
-    }
+    assert_gradients_match(&model, &io);
 }
 
 /// Fixed normals, and uniforms of 0.5 for the step-count draw.
@@ -323,12 +335,7 @@ fn deconv_baseline_matches_pytorch() {
     let mut cfg = Config::preset("mnist-vae-baseline").unwrap();
     cfg.model.z_dim = 8;
     cfg.model.encoder_width = 4;
-    let model = Vnca::new(&cfg.model, Device::Cpu, 0);
-    Loaded::read(&fixture("deconv_weights.safetensors"))
-        .unwrap()
-        .load_model(&model)
-        .unwrap();
-    let io = Loaded::read(&fixture("deconv_io.safetensors")).unwrap();
+    let (model, io) = fixture_model(&cfg.model, "deconv");
     let x = get(&io, "input.x", &[3, 1, 32, 32]);
     let eps = get(&io, "input.eps", &[3, 1, 8]);
     let q = model.encode(&x);
@@ -340,8 +347,5 @@ fn deconv_baseline_matches_pytorch() {
     let e = rel_err(&terms.loss, &get(&io, "expected.loss", &[]));
     assert!(e < TOL, "loss rel err {e}");
     terms.loss.backward();
-    for (name, p) in model.params() {
-        let e = rel_err(&p.grad(), &get(&io, &format!("grad.{name}"), &p.size()));
-        assert!(e < 1e-3, "d loss / d {name}: rel err {e}");
-    }
+    assert_gradients_match(&model, &io);
 }

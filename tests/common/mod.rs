@@ -15,3 +15,4 @@ pub use vnca::noise::FixedNoise;
 /// max |a - b| / max |b|: relative error with a floor for values near 0.
 #[allow(unused_imports)]
 pub use vnca::check::rel_err;
+pub mod launch;
