@@ -4,9 +4,9 @@
 //! libtorch, and the kill test's deadline is wall time.
 mod common;
 
-use common::launch::{free_port, serial, torchrun, vnca as vnca_command};
+use common::launch::{free_port, rank_command, serial, torchrun, vnca as vnca_command};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output, Stdio};
+use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 use vnca::checkpoint::Loaded;
 
@@ -77,19 +77,12 @@ fn vnca() -> std::process::Command {
 
 /// `vnca train ARGS` as rank `rank` of `world`.
 fn spawn_rank(rank: usize, world: usize, port: u16, timeout_s: u32, args: &[&str]) -> Child {
-    let mut cmd = vnca();
-    cmd.env("RANK", rank.to_string())
-        .env("WORLD_SIZE", world.to_string())
-        .env("LOCAL_RANK", rank.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string())
-        .env("VNCA_DIST_TIMEOUT", timeout_s.to_string())
-        .arg("train")
+    rank_command(rank, world, port, timeout_s)
+        .args(["--threads", "1", "train"])
         .args(args)
         .arg("--quiet")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    cmd.spawn().expect("start vnca train")
+        .spawn()
+        .expect("start vnca train")
 }
 
 /// Runs `world` ranks of `vnca train ARGS` to the end; panics unless all succeed.

@@ -8,10 +8,10 @@
 //! deadlines are about wall time, which parallel tests on a small machine would stretch.
 mod common;
 
-use common::launch::{free_port, serial, torchrun, vnca};
+use common::launch::{free_port, rank_command, serial, torchrun, vnca};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read};
-use std::process::{Child, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -80,18 +80,11 @@ impl Drop for Rank {
 
 /// Starts rank `rank` of `world` with torchrun's variables and `VNCA_DIST_TIMEOUT`.
 fn spawn_rank(rank: usize, world: usize, port: u16, timeout_s: u32, args: &[&str]) -> Rank {
-    let mut cmd = vnca();
-    cmd.env("RANK", rank.to_string())
-        .env("WORLD_SIZE", world.to_string())
-        .env("LOCAL_RANK", rank.to_string())
-        .env("MASTER_ADDR", "127.0.0.1")
-        .env("MASTER_PORT", port.to_string())
-        .env("VNCA_DIST_TIMEOUT", timeout_s.to_string())
+    let mut child = rank_command(rank, world, port, timeout_s)
         .args(["--threads", "1", "dist-selftest"])
         .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("start vnca dist-selftest");
+        .spawn()
+        .expect("start vnca dist-selftest");
     let lines = Arc::new(Mutex::new(vec![]));
     let out = child.stdout.take().unwrap();
     let sink = lines.clone();

@@ -68,3 +68,18 @@ pub fn torchrun(nproc: usize) -> Command {
     .arg(env!("CARGO_BIN_EXE_vnca"));
     cmd
 }
+
+/// `vnca` as rank `rank` of `world` over loopback, with torchrun's variables, the
+/// collective timeout `timeout_s`, and its output piped.
+pub fn rank_command(rank: usize, world: usize, port: u16, timeout_s: u32) -> Command {
+    let mut cmd = vnca();
+    cmd.env("RANK", rank.to_string())
+        .env("WORLD_SIZE", world.to_string())
+        .env("LOCAL_RANK", rank.to_string())
+        .env("MASTER_ADDR", "127.0.0.1")
+        .env("MASTER_PORT", port.to_string())
+        .env("VNCA_DIST_TIMEOUT", timeout_s.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
