@@ -312,7 +312,7 @@ impl Config {
             // line. A control character in a comment comes with no message at all.
             let msg = match e.message().trim_end() {
                 "" => "invalid TOML syntax".to_string(),
-                m => m.replace('\n', "; "),
+                m => one_line(m),
             };
             ConfigError::Parse {
                 origin: origin.to_string(),
@@ -353,7 +353,7 @@ impl Config {
         let bad = |field: &'static str, msg: String| ConfigError::Invalid {
             origin: origin.to_string(),
             field,
-            msg,
+            msg: one_line(&msg),
         };
         self.model.validate().map_err(|(f, m)| bad(f, m))?;
         self.data.validate().map_err(|(f, m)| bad(f, m))?;
@@ -608,6 +608,31 @@ fn below_limits(limits: &[(&'static str, i64, i64)]) -> Invalid {
 
 /// " (line L, column C: `the line`)" for a TOML error span, so users find the bad key
 /// quickly: type errors ("expected usize") do not name the key themselves.
+/// Whether `c` would break an error line on a terminal: control characters (newlines,
+/// tabs, escapes) and the Unicode line and paragraph separators.
+fn breaks_line(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// `s` as one printable line: newlines become "; ", other line-breaking characters
+/// their escapes (`\t`, `\u{1b}`), so an error quoting the input stays one line.
+fn one_line(s: &str) -> String {
+    s.split('\n')
+        .map(|part| {
+            part.chars()
+                .map(|c| {
+                    if breaks_line(c) {
+                        c.escape_default().to_string()
+                    } else {
+                        c.to_string()
+                    }
+                })
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let Some(span) = span else {
         return String::new();
@@ -621,7 +646,7 @@ fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
     let line = before.matches('\n').count() + 1;
     let col = before.len() - line_start + 1;
     let content = text[line_start..].lines().next().unwrap_or("");
-    let content = content.replace(char::is_control, " ");
+    let content = content.replace(breaks_line, " ");
     let content = content.trim();
     if content.is_empty() {
         return format!(" (line {line}, column {col})");
@@ -636,6 +661,19 @@ fn span_hint(text: &str, span: Option<std::ops::Range<usize>>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A key with a tab and an escape in it is quoted by the TOML reader's error: the
+    /// message stays one printable line, the characters escaped.
+    #[test]
+    fn errors_quoting_the_input_stay_one_printable_line() {
+        let text = Config::preset("tiny-test").unwrap().to_toml();
+        let text = text.replace("[model]\n", "[model]\n\"z\\tdim\\u001b[2J\" = 3\n");
+        let e = Config::from_toml_str(&text, "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("z\\tdim\\u{1b}[2J"), "{e}");
+        assert!(!e.chars().any(breaks_line), "{e:?}");
+    }
 
     #[test]
     fn every_preset_parses() {

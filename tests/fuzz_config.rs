@@ -23,7 +23,7 @@ use vnca::config::Config;
 use vnca::model::Vnca;
 use vnca_fuzzing::alloc::Scope;
 use vnca_fuzzing::mutate::{mutate, Dialect, Mutation, Weights};
-use vnca_fuzzing::{check_error, check_error_newline_only, input};
+use vnca_fuzzing::{check_error, input};
 
 /// Cases per property unless `PROPTEST_CASES` says otherwise.
 const DEFAULT_CASES: u32 = 256;
@@ -182,8 +182,8 @@ fn check_config(text: &str) -> Result<(), TestCaseError> {
             prop_assert!(cfg.n_doublings() >= 3);
         }
         Err(e) => {
-            // The TOML parser quotes the offending line raw (tabs, U+2028 and all).
-            check_error_newline_only(&e, &[origin])?;
+            // One printable line: what the TOML parser quotes from the input is escaped.
+            check_error(&e, &[origin])?;
             let msg = e.to_string();
             prop_assert!(!msg.contains("`: (line"), "error without a message: {msg}");
         }

@@ -94,15 +94,6 @@ pub fn check_error(
     })
 }
 
-/// [`check_error`] refusing only `\n`: for messages that still echo other control
-/// characters from the input (the TOML parser's, quoting the offending line).
-pub fn check_error_newline_only(
-    e: &dyn std::fmt::Display,
-    paths: &[impl AsRef<Path>],
-) -> Result<(), TestCaseError> {
-    check_error_where(e, paths, |c| c == '\n')
-}
-
 fn check_error_where(
     e: &dyn std::fmt::Display,
     paths: &[impl AsRef<Path>],

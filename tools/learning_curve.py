@@ -1,0 +1,41 @@
+#!/usr/bin/env python3
+"""Validation NLL against CPU-hours, from a run's metrics.jsonl (README, Results).
+
+CPU-hours = the training steps' summed wall time (`step_seconds`, evaluation excluded)
+times the intra-op threads the run used (--threads), up to each evaluation.
+
+Usage: tools/learning_curve.py RUN_DIR [--threads N] [--every K]
+  prints a Markdown table: updates, CPU-hours, validation NLL (the run's own bound and
+  images, as logged), one row every K evaluations and the last one.
+"""
+import argparse
+import json
+import os
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("run")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--every", type=int, default=1)
+    a = ap.parse_args()
+    seconds, rows = 0.0, []
+    with open(os.path.join(a.run, "metrics.jsonl")) as f:
+        for line in f:
+            r = json.loads(line)
+            if r["kind"] == "train":
+                seconds += r["step_seconds"]
+            elif r["kind"] == "eval":
+                rows.append((r["step"], seconds * a.threads / 3600, r["nll_nats"], r["nll_stderr"],
+                             r["iw_samples"], r["n_images"]))
+    if not rows:
+        raise SystemExit(f"{a.run}: no evaluation in metrics.jsonl yet")
+    keep = [r for i, r in enumerate(rows) if i % a.every == a.every - 1 or i == len(rows) - 1]
+    print(f"| updates | CPU-hours | validation NLL (IWAE-{rows[0][4]}, first {rows[0][5]} images) |")
+    print("|---|---|---|")
+    for step, hours, nll, se, _, _ in keep:
+        print(f"| {step:,} | {hours:.2f} | {nll:.2f} ± {se:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
