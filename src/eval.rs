@@ -106,11 +106,24 @@ pub fn nll(
     noise: &mut dyn NoiseSource,
     on_batch: &mut dyn FnMut(usize),
 ) -> NllReport {
+    nll_and_per_image(model, split, k, opts, noise, on_batch).0
+}
+
+/// `nll`, and the per-image bounds on log p(x) it summarises (nats, image order).
+pub fn nll_and_per_image(
+    model: &Vnca,
+    split: &Split,
+    k: i64,
+    opts: &EvalOptions,
+    noise: &mut dyn NoiseSource,
+    on_batch: &mut dyn FnMut(usize),
+) -> (NllReport, Vec<f64>) {
     let t0 = std::time::Instant::now();
     let log_px = iwae_per_image(model, split, k, opts, noise, on_batch);
     let per_image: Vec<f64> = log_px.iter().map(|l| -l).collect();
     let dims = bpd_dims(&model.cfg);
-    summarize(&per_image, k, &split.name, t0.elapsed().as_secs_f64(), dims)
+    let report = summarize(&per_image, k, &split.name, t0.elapsed().as_secs_f64(), dims);
+    (report, log_px)
 }
 
 /// The deterministic evaluation (`vnca eval --posterior-mean`): per image log p(x | z = mu)

@@ -149,21 +149,13 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
     let mut columns: Vec<Vec<f64>> = Vec::new();
     for (pass, &k) in a.iw_samples.iter().enumerate() {
         bar.set_message(format!("IWAE-{k}"));
-        let t0 = std::time::Instant::now();
         let mut noise = Noise::new(a.seed);
         let done = pass as u64 * n;
-        let log_px = eval::iwae_per_image(&model, &split, k, &opts, &mut noise, &mut |d| {
-            bar.set_position(done + d as u64)
-        });
-        let nll: Vec<f64> = log_px.iter().map(|l| -l).collect();
-        let dims = eval::bpd_dims(&model.cfg);
-        reports.push(eval::summarize(
-            &nll,
-            k,
-            &split.name,
-            t0.elapsed().as_secs_f64(),
-            dims,
-        ));
+        let (report, log_px) =
+            eval::nll_and_per_image(&model, &split, k, &opts, &mut noise, &mut |d| {
+                bar.set_position(done + d as u64)
+            });
+        reports.push(report);
         columns.push(log_px);
     }
     bar.finish_and_clear();
