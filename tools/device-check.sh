@@ -7,7 +7,9 @@
 #   (c) a short training run of the paper preset `mnist-doubling`, fp32 and bf16, with
 #       the final validation NLL (single-sample bound on 256 validation images);
 #   (d) IWAE-128 throughput (the bench's IWAE row) and `vnca eval` IWAE-128 of the fp32
-#       run on --eval-images test images.
+#       run on --eval-images test images;
+#   (e) data parallel: one rank per GPU, the engine self-test (26.3 MB all-reduce timed)
+#       and 20 training steps as ranks of a job.
 # Each step has its own time limit, so the whole stays within --minutes (default 8).
 #
 # Usage: tools/device-check.sh [--device cuda|cpu] [--tiny] [--minutes M]
@@ -119,5 +121,22 @@ if [ -f "$SCRATCH/train-fp32/latest.safetensors" ]; then
   step eval-iwae 90 "$VNCA" --device "$DEVICE" eval --checkpoint "$SCRATCH/train-fp32/latest.safetensors" \
     --iw-samples "$EVAL_K" --limit "$EVAL_IMAGES" --batch 8 --json
 fi
+
+# (e) data parallel on the device: a job of one rank per GPU (NCCL where it was built, else
+# Gloo on CUDA tensors), the engine self-test with the paper model's 26.3 MB all-reduce
+# timed, then 20 training steps of tiny-test as ranks of a job (raw output in $OUT).
+NGPU=1
+command -v nvidia-smi > /dev/null && NGPU=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || echo 1)
+[ "$NGPU" -ge 1 ] || NGPU=1
+PORT=$(( 29500 + RANDOM % 2000 ))
+rank_env() { echo "RANK=$1 WORLD_SIZE=$NGPU LOCAL_RANK=$1 LOCAL_WORLD_SIZE=$NGPU MASTER_ADDR=127.0.0.1 MASTER_PORT=$2 VNCA_DIST_TIMEOUT=60"; }
+dist_job() {
+  local port=$1; shift
+  for r in $(seq 0 $((NGPU - 1))); do env $(rank_env "$r" "$port") "$@" & done
+  wait
+}
+step dist-selftest 60 bash -c "$(declare -f rank_env dist_job); NGPU=$NGPU; dist_job $PORT \"$VNCA\" --device $DEVICE dist-selftest --bench --elems 6585088 --repeat 10"
+step dist-train 90 bash -c "$(declare -f rank_env dist_job); NGPU=$NGPU; dist_job $((PORT + 1)) \"$VNCA\" --device $DEVICE train --preset tiny-test --steps 20 --out $SCRATCH/dist-train --quiet"
+cp "$SCRATCH/dist-train/metrics.jsonl" "$OUT/dist-train.metrics.jsonl" 2> /dev/null
 
 "$PYTHON" tools/device_report.py "$OUT" "$SCRATCH/steps" $((($(date +%s) - START)))
