@@ -230,40 +230,33 @@ impl<'a> ShardedNoise<'a> {
         Some(g)
     }
 
-    fn mine(&self, t: Tensor) -> Tensor {
-        t.narrow(0, self.rows.start, self.rows.end - self.rows.start)
+    /// `draw(shape)` from the run's stream, for the global batch when it is per-sample.
+    fn draw(
+        &mut self,
+        shape: &[i64],
+        draw: impl FnOnce(&mut dyn NoiseSource, &[i64]) -> Tensor,
+    ) -> Tensor {
+        match self.global_shape(shape) {
+            Some(g) => {
+                let all = draw(&mut *self.inner, &g);
+                all.narrow(0, self.rows.start, self.rows.end - self.rows.start)
+            }
+            None => draw(&mut *self.inner, shape),
+        }
     }
 }
 
 impl NoiseSource for ShardedNoise<'_> {
     fn normal(&mut self, shape: &[i64]) -> Tensor {
-        match self.global_shape(shape) {
-            Some(g) => {
-                let t = self.inner.normal(&g);
-                self.mine(t)
-            }
-            None => self.inner.normal(shape),
-        }
+        self.draw(shape, |n, s| n.normal(s))
     }
 
     fn mask(&mut self, shape: &[i64], p: f64) -> Tensor {
-        match self.global_shape(shape) {
-            Some(g) => {
-                let t = self.inner.mask(&g, p);
-                self.mine(t)
-            }
-            None => self.inner.mask(shape, p),
-        }
+        self.draw(shape, |n, s| n.mask(s, p))
     }
 
     fn uniform(&mut self, shape: &[i64]) -> Tensor {
-        match self.global_shape(shape) {
-            Some(g) => {
-                let t = self.inner.uniform(&g);
-                self.mine(t)
-            }
-            None => self.inner.uniform(shape),
-        }
+        self.draw(shape, |n, s| n.uniform(s))
     }
 }
 
