@@ -89,9 +89,9 @@ impl DataParallel {
         Ok(())
     }
 
-    /// After backward: the parameters' gradients become their mean over ranks (one
-    /// bucketed all-reduce), and `stats` (per-rank means over equal shards, or 0/1
-    /// flags) their mean and maximum: returns (means, maxima).
+    /// After backward: the parameters' gradients become their mean over ranks (bucketed
+    /// all-reduces), and so do `stats`, returned: per-rank means over equal shards give
+    /// the global batch's, and 0/1 flags a mean > 0 when any rank raised one.
     pub fn average_step(&self, params: &Params, stats: &[f64]) -> anyhow::Result<Vec<f64>> {
         let Some(d) = &self.dist else {
             return Ok(stats.to_vec());
