@@ -23,6 +23,7 @@ fn opts(out: &Path, resume: bool) -> TrainOptions {
         resume,
         quiet: true,
         overwrite: false,
+        backend: None,
     }
 }
 

@@ -344,3 +344,52 @@ fn ranks_with_different_configs_refuse_to_start() {
     assert!(!out.join("latest.safetensors").exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `--dist-backend` overrides the backend: NCCL asked for on the CPU (or in a build
+/// without it) is one error line, before any rendezvous.
+#[test]
+fn the_backend_flag_is_honoured() {
+    let _serial = serial();
+    let dir = tmp("backend");
+    let out = dir.join("run");
+    let o = rank_command(0, 1, free_port(), 30)
+        .args([
+            "--threads",
+            "1",
+            "train",
+            "--preset",
+            "tiny-test",
+            "--quiet",
+        ])
+        .args(["--dist-backend", "nccl", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    assert!(
+        errors[0].contains("nccl") || errors[0].contains("NCCL"),
+        "{}",
+        errors[0]
+    );
+    // Gloo, asked for by name, trains.
+    let o = rank_command(0, 1, free_port(), 30)
+        .args([
+            "--threads",
+            "1",
+            "train",
+            "--preset",
+            "tiny-test",
+            "--quiet",
+            "--steps",
+            "2",
+        ])
+        .args(["--dist-backend", "gloo", "--overwrite", "--out"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let _ = std::fs::remove_dir_all(&dir);
+}

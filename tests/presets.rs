@@ -50,6 +50,7 @@ fn every_preset_trains_and_evaluates() {
             resume: false,
             quiet: true,
             overwrite: false,
+            backend: None,
         };
         let s = train(&cfg, &opts).unwrap_or_else(|e| panic!("{name}: {e:#}"));
         assert_eq!(s.steps, 1, "{name}");

@@ -89,6 +89,7 @@ fn trained_checkpoint(dir: &Path) -> std::path::PathBuf {
             resume: false,
             quiet: true,
             overwrite: false,
+            backend: None,
         },
     )
     .expect("training the tiny model");

@@ -30,6 +30,10 @@ pub struct TrainArgs {
     /// Override `train.precision`: fp32 (default), tf32 or bf16 (docs/EXPERIMENTS.md).
     #[arg(long, value_enum)]
     pub precision: Option<crate::precision::Precision>,
+    /// In a data-parallel job (torchrun / Slurm): the collective backend, gloo or nccl
+    /// (default: nccl with --device cuda where built, else gloo).
+    #[arg(long)]
+    pub dist_backend: Option<crate::dist::Backend>,
 }
 
 pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> anyhow::Result<()> {
@@ -77,6 +81,7 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
         resume: a.resume,
         quiet: a.quiet,
         overwrite: a.overwrite,
+        backend: a.dist_backend,
     };
     let s = train(&cfg, &opts)?;
     if s.interrupted {

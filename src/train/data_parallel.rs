@@ -17,7 +17,7 @@
 //! checkpoint holds the ranks' pools concatenated, which a resumed run of any world size
 //! deals out again.
 use crate::dataset::Split;
-use crate::dist::Dist;
+use crate::dist::{Backend, Dist, DistEnv, DistOptions};
 use crate::model::Params;
 use crate::noise::{Noise, NoiseSource};
 use anyhow::{bail, Context};
@@ -31,10 +31,16 @@ pub struct DataParallel {
 
 impl DataParallel {
     /// One rank of a job when torchrun's or Slurm's variables are set (connecting to the
-    /// others), else a world of one.
-    pub fn from_env(device: Device) -> anyhow::Result<DataParallel> {
+    /// others), else a world of one. `backend` overrides the default (and
+    /// `VNCA_DIST_BACKEND`).
+    pub fn from_env(device: Device, backend: Option<Backend>) -> anyhow::Result<DataParallel> {
+        let Some(env) = DistEnv::from_env()? else {
+            return Ok(DataParallel { dist: None });
+        };
+        let mut opts = DistOptions::from_env()?;
+        opts.backend = backend.or(opts.backend);
         Ok(DataParallel {
-            dist: Dist::from_env(device)?,
+            dist: Some(Dist::connect(env, device, &opts)?),
         })
     }
 

@@ -37,6 +37,9 @@ pub struct TrainOptions {
     pub quiet: bool,
     /// Start afresh in a directory that already holds a run (its checkpoints are replaced).
     pub overwrite: bool,
+    /// In a data-parallel job: the collective backend, instead of NCCL for CUDA and Gloo
+    /// for the CPU (or `VNCA_DIST_BACKEND`).
+    pub backend: Option<crate::dist::Backend>,
 }
 
 #[derive(Debug)]
@@ -162,7 +165,7 @@ impl Run {
     /// Lock the run directory, load the data, build the model and optimiser, and either
     /// start afresh or restore everything from `latest`.
     fn start(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<Run> {
-        let dp = DataParallel::from_env(opts.device)?;
+        let dp = DataParallel::from_env(opts.device, opts.backend)?;
         let device = dp.device(opts.device);
         let t = &cfg.train;
         data_parallel::check_divisible(&dp, t.batch_size, t.pool.as_ref().map(|p| p.size))?;
