@@ -283,6 +283,10 @@ impl Vnca {
     /// A freshly initialised model (PyTorch default init, zeroed last update layer).
     /// Initialisation draws from libtorch's generator, seeded here for reproducibility.
     pub fn new(cfg: &ModelConfig, device: Device, seed: u64) -> Self {
+        // libtorch's generator is global: two models built at once in one process (tests
+        // run in threads; serve loads models) would interleave their draws. One at a time.
+        static INIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _one_at_a_time = INIT.lock().unwrap_or_else(|e| e.into_inner());
         tch::manual_seed(seed as i64);
         let vs = nn::VarStore::new(device);
         let root = vs.root();
