@@ -347,7 +347,7 @@ impl Loaded {
             if !vars.contains_key(&name) && !training_state {
                 return Err(CheckpointError::Unexpected {
                     path: self.path.clone(),
-                    name,
+                    name: crate::data::error::escape_controls(&name),
                 });
             }
         }

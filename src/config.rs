@@ -618,17 +618,7 @@ fn breaks_line(c: char) -> bool {
 /// their escapes (`\t`, `\u{1b}`), so an error quoting the input stays one line.
 fn one_line(s: &str) -> String {
     s.split('\n')
-        .map(|part| {
-            part.chars()
-                .map(|c| {
-                    if breaks_line(c) {
-                        c.escape_default().to_string()
-                    } else {
-                        c.to_string()
-                    }
-                })
-                .collect::<String>()
-        })
+        .map(crate::data::error::escape_controls)
         .collect::<Vec<_>>()
         .join("; ")
 }

@@ -83,6 +83,20 @@ impl DataError {
     }
 }
 
+/// `text` with control characters and line separators escaped (`\u{e}`), so that an error
+/// quoting the input (a token, a file or tensor name) stays one printable line.
+pub fn escape_controls(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -176,18 +176,7 @@ pub(super) fn one_line(text: &str) -> String {
     escape_controls(text.trim())
 }
 
-/// `text` with control characters and line separators escaped (`\u{e}`).
-pub(super) fn escape_controls(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
-            out.extend(c.escape_default());
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
+pub(super) use crate::error::escape_controls;
 
 /// The picture as RGB, with any alpha composited on white.
 pub(super) fn flatten_on_white(img: &DynamicImage) -> RgbImage {
