@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Validation NLL against CPU-hours, from a run's metrics.jsonl (README, Results).
 
-CPU-hours = the training steps' summed wall time (`step_seconds`, evaluation excluded)
-times the intra-op threads the run used (--threads), up to each evaluation.
+CPU-hours = the training steps' summed wall-clock time (`step_seconds`, evaluation
+excluded) times the intra-op threads the run used (--threads), up to each evaluation: on
+a machine shared with other work this overstates the CPU time the run itself got.
 
 Usage: tools/learning_curve.py RUN_DIR [--threads N] [--every K]
   prints a Markdown table: updates, CPU-hours, validation NLL (the run's own bound and
@@ -31,7 +32,7 @@ def main():
     if not rows:
         raise SystemExit(f"{a.run}: no evaluation in metrics.jsonl yet")
     keep = [r for i, r in enumerate(rows) if i % a.every == a.every - 1 or i == len(rows) - 1]
-    print(f"| updates | CPU-hours | validation NLL (IWAE-{rows[0][4]}, first {rows[0][5]} images) |")
+    print(f"| updates | CPU-hours (wall clock x threads) | validation NLL (IWAE-{rows[0][4]}, first {rows[0][5]} images) |")
     print("|---|---|---|")
     for step, hours, nll, se, _, _ in keep:
         print(f"| {step:,} | {hours:.2f} | {nll:.2f} ± {se:.2f} |")
