@@ -64,13 +64,6 @@ impl DataParallel {
             .map_or(requested, |d| d.device(requested))
     }
 
-    /// "rank 1 of 2 (gloo)", for messages; empty for a single process.
-    pub fn describe(&self) -> String {
-        self.dist.as_ref().map_or(String::new(), |d| {
-            format!("rank {} of {} ({})", d.rank(), d.world_size(), d.backend())
-        })
-    }
-
     /// This rank's rows of `n` items split into `world` contiguous parts, the first
     /// `n mod world` parts one longer.
     pub fn rows(&self, n: usize) -> Range<usize> {
