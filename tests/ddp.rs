@@ -116,6 +116,16 @@ fn run_single(args: &[&str]) -> Output {
     o
 }
 
+/// The one `error:` line of a rank that failed (exit status 1); other lines (rank 0's
+/// "training ..." line) may precede it.
+fn the_error_line(status: std::process::ExitStatus, stderr: &[u8]) -> String {
+    let stderr = String::from_utf8_lossy(stderr);
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{stderr}");
+    errors[0].to_owned()
+}
+
 /// The model's parameters in a checkpoint (no optimizer moments, no pool), by name.
 fn weights(path: &Path) -> Vec<(String, Vec<f32>)> {
     let ckpt = Loaded::read(path).unwrap();
@@ -266,15 +276,9 @@ fn a_killed_rank_stops_the_job_and_the_run_resumes() {
     let took = killed.elapsed();
     let o = rank0.wait_with_output().unwrap();
     let _ = rank1.wait();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(status.code(), Some(1), "{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
-    assert!(errors[0].contains("rank 1"), "{}", errors[0]);
-    eprintln!(
-        "rank 0 stopped {took:?} after rank 1 was killed: {}",
-        errors[0]
-    );
+    let error = the_error_line(status, &o.stderr);
+    assert!(error.contains("rank 1"), "{error}");
+    eprintln!("rank 0 stopped {took:?} after rank 1 was killed: {}", error);
     // The checkpoint is whole, and training continues from it in one process.
     let step = |p: &Path| {
         let meta = Loaded::read(p).unwrap().meta;
@@ -331,14 +335,11 @@ fn ranks_with_different_configs_refuse_to_start() {
     ];
     for (r, c) in children.into_iter().enumerate() {
         let o = c.wait_with_output().unwrap();
-        let stderr = String::from_utf8_lossy(&o.stderr);
-        assert_eq!(o.status.code(), Some(1), "rank {r}: {stderr}");
-        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-        assert_eq!(errors.len(), 1, "rank {r}: {stderr}");
+        let error = the_error_line(o.status, &o.stderr);
         assert!(
-            errors[0].contains("ranks differ in config and data") && errors[0].contains("rank 1"),
+            error.contains("ranks differ in config and data") && error.contains("rank 1"),
             "rank {r}: {}",
-            errors[0]
+            error
         );
     }
     assert!(!out.join("latest.safetensors").exists());
@@ -365,14 +366,11 @@ fn the_backend_flag_is_honoured() {
         .arg(&out)
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(1), "{stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(errors.len(), 1, "{stderr}");
+    let error = the_error_line(o.status, &o.stderr);
     assert!(
-        errors[0].contains("nccl") || errors[0].contains("NCCL"),
+        error.contains("nccl") || error.contains("NCCL"),
         "{}",
-        errors[0]
+        error
     );
     // Gloo, asked for by name, trains.
     let o = rank_command(0, 1, free_port(), 30)
