@@ -5,7 +5,9 @@ CPU-hours = the training steps' summed wall-clock time (`step_seconds`, evaluati
 excluded) times the intra-op threads the run used (--threads), up to each evaluation: on
 a machine shared with other work this overstates the CPU time the run itself got.
 
-Usage: tools/learning_curve.py RUN_DIR [--threads N] [--every K]
+Usage: tools/learning_curve.py RUN_DIR [--threads N] [--from STEP:N ...] [--every K]
+  --threads N: CPU threads in all (threads x ranks) from the first step; --from STEP:N:
+  N of them from update STEP on (a run resumed with other threads or ranks);
   prints a Markdown table: updates, CPU-hours, validation NLL (the run's own bound and
   images, as logged), one row every K evaluations and the last one.
 """
@@ -14,20 +16,36 @@ import json
 import os
 
 
+def step_threads(text):
+    """`STEP:N` -> (STEP, N)."""
+    try:
+        step, n = text.split(":")
+        return int(step), int(n)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not STEP:N (e.g. 1000:2)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--from", dest="changes", action="append", default=[], type=step_threads,
+                    metavar="STEP:N", help="N threads in all from update STEP on")
     ap.add_argument("--every", type=int, default=1)
     a = ap.parse_args()
-    seconds, rows = 0.0, []
+    changes = sorted(a.changes)
+    cpu_seconds, rows = 0.0, []
     with open(os.path.join(a.run, "metrics.jsonl")) as f:
         for line in f:
             r = json.loads(line)
             if r["kind"] == "train":
-                seconds += r["step_seconds"]
+                threads = a.threads
+                for step, n in changes:
+                    if r["step"] >= step:
+                        threads = n
+                cpu_seconds += r["step_seconds"] * threads
             elif r["kind"] == "eval":
-                rows.append((r["step"], seconds * a.threads / 3600, r["nll_nats"], r["nll_stderr"],
+                rows.append((r["step"], cpu_seconds / 3600, r["nll_nats"], r["nll_stderr"],
                              r["iw_samples"], r["n_images"]))
     if not rows:
         raise SystemExit(f"{a.run}: no evaluation in metrics.jsonl yet")
