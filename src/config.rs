@@ -224,6 +224,10 @@ pub struct TrainConfig {
     /// Pool and damage training (non-doubling models only; docs/REFERENCE.md §4.1).
     #[serde(default)]
     pub pool: Option<PoolConfig>,
+    /// Lower the learning rate along a straight line over a span of updates (none in the
+    /// paper, whose lr is constant; `lr_at`).
+    #[serde(default)]
+    pub lr_decay: Option<LrDecay>,
     /// Seed of every random stream (init, data order, noise).
     #[serde(default)]
     pub seed: u64,
@@ -247,6 +251,18 @@ pub enum PoolKl {
     Reference,
     /// Only the rows decoded from z contribute a KL.
     FreshOnly,
+}
+
+/// `train.lr` up to update `start`, then a straight line down to `final_lr` at update
+/// `end`, and `final_lr` from there on. The span is in updates, not a fraction of
+/// `train.steps`, so a run resumed with other `--steps` keeps its schedule; the rate is a
+/// function of the update alone, so a resumed run stays bit-exact.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrDecay {
+    pub start: u64,
+    pub end: u64,
+    pub final_lr: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -558,6 +574,19 @@ impl DataConfig {
 }
 
 impl TrainConfig {
+    /// The learning rate of update `step` (counted from 1).
+    pub fn lr_at(&self, step: u64) -> f64 {
+        match &self.lr_decay {
+            None => self.lr,
+            Some(d) if step <= d.start => self.lr,
+            Some(d) if step >= d.end => d.final_lr,
+            Some(d) => {
+                let done = (step - d.start) as f64 / (d.end - d.start) as f64;
+                self.lr + (d.final_lr - self.lr) * done
+            }
+        }
+    }
+
     fn validate(&self) -> Invalid {
         let t = self;
         if t.batch_size < 1 {
@@ -589,6 +618,20 @@ impl TrainConfig {
                 "train.eval_iw_samples",
                 format!("{} (must be >= 1)", t.eval_iw_samples),
             ));
+        }
+        if let Some(d) = &t.lr_decay {
+            if d.end <= d.start {
+                return Err((
+                    "train.lr_decay",
+                    format!("end {} (must be after start {})", d.end, d.start),
+                ));
+            }
+            if !(d.final_lr >= 0.0 && d.final_lr.is_finite()) {
+                return Err((
+                    "train.lr_decay.final_lr",
+                    format!("{} (must be >= 0)", d.final_lr),
+                ));
+            }
         }
         below_limits(&[("train.batch_size", t.batch_size, 65536)])
     }
@@ -663,6 +706,44 @@ mod tests {
             .to_string();
         assert!(e.contains("z\\tdim\\u{1b}[2J"), "{e}");
         assert!(!e.chars().any(breaks_line), "{e:?}");
+    }
+
+    #[test]
+    fn lr_decay_is_constant_then_a_straight_line_then_constant() {
+        let mut t = Config::preset("tiny-test").unwrap().train;
+        t.lr = 1e-3;
+        assert_eq!(t.lr_at(7), 1e-3, "no decay: the constant lr");
+        t.lr_decay = Some(LrDecay {
+            start: 10,
+            end: 20,
+            final_lr: 2e-4,
+        });
+        let lrs: Vec<f64> = [1, 10, 11, 15, 19, 20, 500].map(|s| t.lr_at(s)).into();
+        let want = [1e-3, 1e-3, 9.2e-4, 6e-4, 2.8e-4, 2e-4, 2e-4];
+        for (got, want) in lrs.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12, "{lrs:?}");
+        }
+    }
+
+    #[test]
+    fn lr_decay_reads_from_toml_and_refuses_a_backward_span() {
+        let text = Config::preset("tiny-test").unwrap().to_toml();
+        let with = |decay: &str| format!("{text}\n[train.lr_decay]\n{decay}\n");
+        let c =
+            Config::from_toml_str(&with("start = 5\nend = 9\nfinal_lr = 0.0"), "x.toml").unwrap();
+        assert_eq!(c.train.lr_decay.as_ref().map(|d| d.end), Some(9));
+        assert_eq!(Config::from_toml_str(&c.to_toml(), "x.toml").unwrap(), c);
+        let e = Config::from_toml_str(&with("start = 9\nend = 9\nfinal_lr = 0.0"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("train.lr_decay") && e.contains("after start 9"),
+            "{e}"
+        );
+        let e = Config::from_toml_str(&with("start = 1\nend = 9\nfinal_lr = -1.0"), "x.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("train.lr_decay.final_lr"), "{e}");
     }
 
     #[test]

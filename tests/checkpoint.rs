@@ -95,6 +95,44 @@ fn resume_continues_bit_exactly() {
     );
 }
 
+/// A learning rate decayed to 0 leaves the weights where they were, and a run resumed
+/// inside the decay continues bit-exactly (the rate depends on the update alone).
+#[test]
+fn lr_decay_to_zero_stops_the_weights_and_resumes_exactly() {
+    // lr at updates 1, 2, 3: train.lr, half of it, 0.
+    let decaying = |steps| {
+        let mut cfg = tiny(steps, 1);
+        cfg.train.lr_decay = Some(vnca::config::LrDecay {
+            start: 1,
+            end: 3,
+            final_lr: 0.0,
+        });
+        cfg
+    };
+    let model = Vnca::new(&tiny(1, 1).model, Device::Cpu, 0);
+    let weights = |dir: &Path| param_bytes(&dir.join("latest.safetensors"), &model);
+    let straight = tempfile::tempdir().unwrap();
+    train(&decaying(3), &opts(straight.path(), false)).unwrap();
+    let split = tempfile::tempdir().unwrap();
+    train(&decaying(1), &opts(split.path(), false)).unwrap();
+    let after_1 = weights(split.path());
+    train(&decaying(2), &opts(split.path(), true)).unwrap();
+    let after_2 = weights(split.path());
+    train(&decaying(3), &opts(split.path(), true)).unwrap();
+    let after_3 = weights(split.path());
+    assert_ne!(
+        after_1, after_2,
+        "update 2, at half the lr, did not move the weights"
+    );
+    assert_eq!(after_2, after_3, "update 3, at lr 0, moved the weights");
+    assert_eq!(train_losses(straight.path()), train_losses(split.path()));
+    assert_eq!(
+        weights(straight.path()),
+        after_3,
+        "resumed inside the decay, the weights differ"
+    );
+}
+
 /// A tiny non-doubling model with pool and damage training.
 fn tiny_pool(steps: u64, eval_every: u64) -> Config {
     let mut cfg = Config::preset("mnist-nondoubling-damage-small").unwrap();

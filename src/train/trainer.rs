@@ -129,6 +129,7 @@ pub fn train(cfg: &Config, opts: &TrainOptions) -> anyhow::Result<TrainSummary> 
             "gradient norm",
             &opts.out,
         )?;
+        run.adam.lr = t.lr_at(step);
         run.adam.update(&run.params);
         run.state.step = step;
         last_loss = loss;
