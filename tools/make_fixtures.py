@@ -41,6 +41,11 @@ Z, HID, ENC_W, SIZE, STEPS, N_RES = 8, 16, 4, 32, 2, 4
 B, K = 3, 5
 
 
+def bernoulli_channel_0(state, x):
+    """Per-image log p(x | logits in channel 0), summed over the pixels."""
+    return Bernoulli(logits=state[:, :1]).log_prob(x).sum(dim=(1, 2, 3))
+
+
 class Residual(nn.Module):
     def __init__(self, *layers):
         super().__init__()
@@ -105,7 +110,7 @@ class NonDoublingVNCA(nn.Module):
         return q[:, :Z], q[:, Z:]
 
     def log_px_z(self, state, x):
-        return Bernoulli(logits=state[:, :1]).log_prob(x).sum(dim=(1, 2, 3))
+        return bernoulli_channel_0(state, x)
 
 
 class VNCA(nn.Module):
@@ -125,7 +130,43 @@ class VNCA(nn.Module):
         return q[:, :Z], q[:, Z:]  # mu, log sigma
 
     def log_px_z(self, state, x):
-        return Bernoulli(logits=state[:, :1]).log_prob(x).sum(dim=(1, 2, 3))
+        return bernoulli_channel_0(state, x)
+
+
+def padded_binary_images():
+    """B random binary 28x28 images zero-padded to SIZE x SIZE, as the data pipeline pads."""
+    x = torch.zeros(B, 1, SIZE, SIZE, dtype=torch.float64)
+    x[:, :, 2:30, 2:30] = (torch.rand(B, 1, 28, 28) < 0.3).double()
+    return x
+
+
+def elbo(model, x, decode, log_px_given):
+    """The single-sample ELBO loss of a (float64) model on x, and its backward pass: eps is
+    drawn here (after x, in the fixtures' order); `decode(z)` is the decoder's output,
+    `log_px_given(out, x)` the per-image log p(x|z). Returns every intermediate by name."""
+    eps = torch.randn(B, 1, Z).float().double()
+    mu, log_sigma = model.encode(x)
+    q = Normal(mu, log_sigma.exp())
+    out = decode(mu + log_sigma.exp() * eps[:, 0])
+    log_px_z = log_px_given(out, x)
+    kl = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(dim=1)
+    loss = (-log_px_z + kl).mean()
+    model.zero_grad()
+    loss.backward()
+    return {"eps": eps, "mu": mu, "log_sigma": log_sigma, "out": out, "log_px_z": log_px_z,
+            "kl": kl, "loss": loss}
+
+
+def save_io(io, model, path):
+    """Inputs and expected values, and d loss / d param as grad.<name>, in float32."""
+    io = {k: v.detach().float().contiguous() for k, v in io.items()}
+    io.update({f"grad.{n}": p.grad.detach().float() for n, p in model.named_parameters()})
+    save_file(io, path)
+
+
+def save_weights(model, path):
+    weights = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, path)
 
 
 def nondoubling(out_dir):
@@ -133,24 +174,15 @@ def nondoubling(out_dir):
     model = NonDoublingVNCA()
     with torch.no_grad():
         model.nca.update_net[-1].weight.normal_(0, 0.05)
-    weights = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, os.path.join(out_dir, "nondoubling_weights.safetensors"))
+    save_weights(model, os.path.join(out_dir, "nondoubling_weights.safetensors"))
     model = model.double()
     x = (torch.rand(B, 1, 28, 28) < 0.3).double()
-    eps = torch.randn(B, 1, Z).float().double()
-    mu, log_sigma = model.encode(x)
-    q = Normal(mu, log_sigma.exp())
-    state = model.nca(mu + log_sigma.exp() * eps[:, 0])
-    log_px_z = model.log_px_z(state, x)
-    kl = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(dim=1)
-    loss = (-log_px_z + kl).mean()
-    loss.backward()
-    io = {"input.x": x, "input.eps": eps, "expected.mu": mu, "expected.log_sigma": log_sigma,
-          "expected.state": state, "expected.loss": loss}
-    io = {k: v.detach().float().contiguous() for k, v in io.items()}
-    io.update({f"grad.{n}": p.grad.detach().float() for n, p in model.named_parameters()})
-    save_file(io, os.path.join(out_dir, "nondoubling_io.safetensors"))
-    print(f"non-doubling loss {loss.item():.6f}")
+    r = elbo(model, x, model.nca, model.log_px_z)
+    io = {"input.x": x, "input.eps": r["eps"], "expected.mu": r["mu"],
+          "expected.log_sigma": r["log_sigma"], "expected.state": r["out"],
+          "expected.loss": r["loss"]}
+    save_io(io, model, os.path.join(out_dir, "nondoubling_io.safetensors"))
+    print(f"non-doubling loss {r['loss'].item():.6f}")
 
 
 class DeconvVAE(nn.Module):
@@ -182,24 +214,14 @@ class DeconvVAE(nn.Module):
 def deconv(out_dir):
     torch.manual_seed(777)
     model = DeconvVAE()
-    weights = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, os.path.join(out_dir, "deconv_weights.safetensors"))
+    save_weights(model, os.path.join(out_dir, "deconv_weights.safetensors"))
     model = model.double()
-    x = torch.zeros(B, 1, SIZE, SIZE, dtype=torch.float64)
-    x[:, :, 2:30, 2:30] = (torch.rand(B, 1, 28, 28) < 0.3).double()
-    eps = torch.randn(B, 1, Z).float().double()
-    mu, log_sigma = model.encode(x)
-    q = Normal(mu, log_sigma.exp())
-    logits = model.decode(mu + log_sigma.exp() * eps[:, 0])
-    log_px_z = Bernoulli(logits=logits).log_prob(x).sum(dim=(1, 2, 3))
-    kl = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(dim=1)
-    loss = (-log_px_z + kl).mean()
-    loss.backward()
-    io = {"input.x": x, "input.eps": eps, "expected.logits": logits, "expected.loss": loss}
-    io = {k: v.detach().float().contiguous() for k, v in io.items()}
-    io.update({f"grad.{n}": p.grad.detach().float() for n, p in model.named_parameters()})
-    save_file(io, os.path.join(out_dir, "deconv_io.safetensors"))
-    print(f"deconv loss {loss.item():.6f}")
+    x = padded_binary_images()
+    r = elbo(model, x, model.decode, bernoulli_channel_0)
+    io = {"input.x": x, "input.eps": r["eps"], "expected.logits": r["out"],
+          "expected.loss": r["loss"]}
+    save_io(io, model, os.path.join(out_dir, "deconv_io.safetensors"))
+    print(f"deconv loss {r['loss'].item():.6f}")
 
 
 def main(out_dir):
@@ -213,26 +235,14 @@ def main(out_dir):
         # fixture exercises every step of the decoder.
         model.nca.update_net[-1].weight.normal_(0, 0.05)
         model.nca.update_net[-1].bias.normal_(0, 0.05)
-    weights = {k: v.detach().float().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, os.path.join(out_dir, "tiny_weights.safetensors"))
+    save_weights(model, os.path.join(out_dir, "tiny_weights.safetensors"))
 
     model = model.double()
-    x = torch.zeros(B, 1, SIZE, SIZE, dtype=torch.float64)
-    x[:, :, 2:30, 2:30] = (torch.rand(B, 1, 28, 28) < 0.3).double()
-    eps = torch.randn(B, 1, Z).float().double()
+    x = padded_binary_images()
+    r = elbo(model, x, model.nca, model.log_px_z)
+    mu, log_sigma = r["mu"], r["log_sigma"]
+    # Drawn after eps (the forward and backward passes draw nothing in between).
     eps_iw = torch.randn(B, K, Z).float().double()
-
-    mu, log_sigma = model.encode(x)
-    q = Normal(mu, log_sigma.exp())
-    z = mu + log_sigma.exp() * eps[:, 0]
-    state = model.nca(z)
-    log_px_z = model.log_px_z(state, x)
-    kl = kl_divergence(q, Normal(torch.zeros_like(mu), torch.ones_like(mu))).sum(dim=1)
-    loss = (-log_px_z + kl).mean()
-    model.zero_grad()
-    loss.backward()
-    grads = {f"grad.{n}": p.grad.detach().float() for n, p in model.named_parameters()}
-
     with torch.no_grad():
         zs = mu[:, None] + log_sigma.exp()[:, None] * eps_iw  # [B, K, Z]
         st = model.nca(zs.reshape(B * K, Z))
@@ -243,20 +253,18 @@ def main(out_dir):
 
     io = {
         "input.x": x,
-        "input.eps": eps,
+        "input.eps": r["eps"],
         "input.eps_iw": eps_iw,
         "expected.mu": mu,
         "expected.log_sigma": log_sigma,
-        "expected.state": state,
-        "expected.log_px_z": log_px_z,
-        "expected.kl": kl,
-        "expected.loss": loss,
+        "expected.state": r["out"],
+        "expected.log_px_z": r["log_px_z"],
+        "expected.kl": r["kl"],
+        "expected.loss": r["loss"],
         "expected.iwae": iwae,
     }
-    io = {k: v.detach().float().contiguous() for k, v in io.items()}
-    io.update(grads)
-    save_file(io, os.path.join(out_dir, "tiny_io.safetensors"))
-    print(f"loss {loss.item():.6f}  iwae {iwae.tolist()}  ->  {out_dir}")
+    save_io(io, model, os.path.join(out_dir, "tiny_io.safetensors"))
+    print(f"loss {r['loss'].item():.6f}  iwae {iwae.tolist()}  ->  {out_dir}")
 
 
 if __name__ == "__main__":
