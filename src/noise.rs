@@ -15,6 +15,17 @@ pub trait NoiseSource {
     fn mask(&mut self, shape: &[i64], p: f64) -> Tensor;
     /// Uniform f32 draws in [0, 1) on the CPU (the logistic mixture's sampling noise).
     fn uniform(&mut self, shape: &[i64]) -> Tensor;
+    /// `normal` with one row per image of the batch (dim 0 of `shape` is the batch).
+    /// Said apart from a shared draw because a data-parallel rank holds only some of the
+    /// batch's rows and must take them from the global batch's draw
+    /// (`train::data_parallel::ShardedNoise`); everywhere else it is `normal`.
+    fn normal_per_image(&mut self, shape: &[i64]) -> Tensor {
+        self.normal(shape)
+    }
+    /// `mask` with one row per image of the batch, as [`NoiseSource::normal_per_image`].
+    fn mask_per_image(&mut self, shape: &[i64], p: f64) -> Tensor {
+        self.mask(shape, p)
+    }
 }
 
 /// The seeded, serialisable noise stream used in training and evaluation.

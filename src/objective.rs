@@ -24,7 +24,7 @@ pub fn encode_and_sample(
 ) -> (Posterior, Tensor) {
     let q = model.encode(x);
     let eps = noise
-        .normal(&[x.size()[0], 1, model.cfg.z_dim])
+        .normal_per_image(&[x.size()[0], 1, model.cfg.z_dim])
         .to_device(x.device())
         .to_kind(x.kind());
     let z = q.sample_with(&eps).squeeze_dim(1);

@@ -119,7 +119,7 @@ impl Nca {
             return None;
         }
         let s = state.size();
-        let mask = noise.mask(&[s[0], 1, s[2], s[3]], self.p_update);
+        let mask = noise.mask_per_image(&[s[0], 1, s[2], s[3]], self.p_update);
         Some(mask.to_device(state.device()).to_kind(state.kind())) // broadcast over channels
     }
 

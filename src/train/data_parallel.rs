@@ -197,12 +197,12 @@ pub fn fnv1a(bytes: &[u8]) -> u64 {
     })
 }
 
-/// The run's noise stream seen by one rank: a draw whose leading dimension is this rank's
-/// number of rows and that has more than one dimension is a per-sample draw (the
-/// reparameterisation noise [B, 1, Z], the update masks [B, 1, H, W]): it is drawn for the
-/// whole global batch and this rank keeps its rows. Any other draw (the non-doubling
-/// model's step count, one [1] per batch) is shared: every rank draws the same. Every rank
-/// thus consumes the stream exactly as a single process would, and stays in step with it.
+/// The run's noise stream seen by one rank. The model says which draws have one row per
+/// image (`NoiseSource::normal_per_image`, `mask_per_image`: the reparameterisation noise
+/// [B, 1, Z], the update masks [B, 1, H, W]); those are drawn for the whole global batch
+/// and this rank keeps its rows. Every other draw (the non-doubling model's step count, one
+/// [1] per batch) is shared: every rank draws the same. Every rank thus consumes the
+/// stream exactly as a single process would, and stays in step with it.
 pub struct ShardedNoise<'a> {
     inner: &'a mut dyn NoiseSource,
     global: i64,
@@ -218,44 +218,44 @@ impl<'a> ShardedNoise<'a> {
         }
     }
 
-    /// The global shape of a per-sample draw of `shape`, or None for a shared one.
-    fn global_shape(&self, shape: &[i64]) -> Option<Vec<i64>> {
-        let local = self.rows.end - self.rows.start;
-        if shape.len() < 2 || shape[0] != local || local == self.global {
-            return None;
-        }
-        let mut g = shape.to_vec();
-        g[0] = self.global;
-        Some(g)
-    }
-
-    /// `draw(shape)` from the run's stream, for the global batch when it is per-sample.
-    fn draw(
+    /// `draw` for the global batch ([global, shape[1..]]), narrowed to this rank's rows.
+    fn draw_rows(
         &mut self,
         shape: &[i64],
         draw: impl FnOnce(&mut dyn NoiseSource, &[i64]) -> Tensor,
     ) -> Tensor {
-        match self.global_shape(shape) {
-            Some(g) => {
-                let all = draw(&mut *self.inner, &g);
-                all.narrow(0, self.rows.start, self.rows.end - self.rows.start)
-            }
-            None => draw(&mut *self.inner, shape),
-        }
+        let local = self.rows.end - self.rows.start;
+        assert!(
+            shape.first() == Some(&local),
+            "a per-image draw of shape {shape:?} on a rank that holds {local} images"
+        );
+        let mut global = shape.to_vec();
+        global[0] = self.global;
+        draw(&mut *self.inner, &global).narrow(0, self.rows.start, local)
     }
 }
 
+/// Shared draws (a non-doubling growth's step count, a damage square) come from the run's
+/// stream as they are, the same on every rank; per-image draws are the global batch's rows.
 impl NoiseSource for ShardedNoise<'_> {
     fn normal(&mut self, shape: &[i64]) -> Tensor {
-        self.draw(shape, |n, s| n.normal(s))
+        self.inner.normal(shape)
     }
 
     fn mask(&mut self, shape: &[i64], p: f64) -> Tensor {
-        self.draw(shape, |n, s| n.mask(s, p))
+        self.inner.mask(shape, p)
     }
 
     fn uniform(&mut self, shape: &[i64]) -> Tensor {
-        self.draw(shape, |n, s| n.uniform(s))
+        self.inner.uniform(shape)
+    }
+
+    fn normal_per_image(&mut self, shape: &[i64]) -> Tensor {
+        self.draw_rows(shape, |n, s| n.normal(s))
+    }
+
+    fn mask_per_image(&mut self, shape: &[i64], p: f64) -> Tensor {
+        self.draw_rows(shape, |n, s| n.mask(s, p))
     }
 }
 
@@ -288,6 +288,8 @@ mod tests {
         let eps = single.normal(&[6, 1, 3]);
         let steps = single.uniform(&[1]);
         let mask = single.mask(&[6, 1, 4, 4], 0.5);
+        // A shared draw shaped like rank 0's rows stays shared (no guessing from shapes).
+        let shared = single.normal(&[2, 3]);
         let after = single.normal(&[2]);
         for (rank, rows) in [(0, 0..2), (1, 2..6)] {
             let mut stream = Noise::new(5);
@@ -295,15 +297,16 @@ mod tests {
             let k = rows.len() as i64;
             let (s, l) = (rows.start as i64, k);
             assert_eq!(
-                values(&n.normal(&[k, 1, 3])),
+                values(&n.normal_per_image(&[k, 1, 3])),
                 values(&eps.narrow(0, s, l)),
                 "rank {rank}"
             );
             assert_eq!(values(&n.uniform(&[1])), values(&steps));
             assert_eq!(
-                values(&n.mask(&[k, 1, 4, 4], 0.5)),
+                values(&n.mask_per_image(&[k, 1, 4, 4], 0.5)),
                 values(&mask.narrow(0, s, l))
             );
+            assert_eq!(values(&n.normal(&[2, 3])), values(&shared), "rank {rank}");
             assert_eq!(values(&stream.normal(&[2])), values(&after));
         }
     }
