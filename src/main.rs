@@ -5,7 +5,9 @@ fn main() {
     let cli = vnca::cli::Cli::parse();
     if let Err(e) = vnca::cli::run(cli) {
         if let Some(stop) = e.downcast_ref::<vnca::cli::Interrupted>() {
-            eprintln!("interrupted: {stop}");
+            if let Some(report) = &stop.0 {
+                eprintln!("interrupted: {report}");
+            }
             std::process::exit(130);
         }
         eprintln!("error: {}", one_line(&e));

@@ -295,6 +295,56 @@ fn a_killed_rank_stops_the_job_and_the_run_resumes() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Ctrl-C in a terminal reaches every rank of the job (torchrun passes SIGINT on): the
+/// ranks agree on the step to stop at, rank 0 saves `latest`, every rank exits with 130,
+/// and only rank 0 says where the run stopped and how to continue.
+#[test]
+fn ctrl_c_stops_every_rank_with_130_and_rank_0_alone_reports() {
+    let _serial = serial();
+    let dir = tmp("ctrl-c");
+    let cfg = doubling_config(&dir, 100_000, 1_000);
+    let (cfg, out) = (cfg.to_str().unwrap(), dir.join("run"));
+    let args = ["--config", cfg, "--out", out.to_str().unwrap()];
+    let port = free_port();
+    let ranks: Vec<Child> = (0..2).map(|r| spawn_rank(r, 2, port, 60, &args)).collect();
+    let metrics = out.join("metrics.jsonl");
+    let start = Instant::now();
+    while std::fs::read_to_string(&metrics).map_or(0, |t| t.lines().count()) < 2 {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no training step"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for rank in &ranks {
+        let sent = std::process::Command::new("kill")
+            .args(["-INT", &rank.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+    }
+    let outs: Vec<Output> = ranks
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let stderr: Vec<String> = outs
+        .iter()
+        .map(|o| String::from_utf8_lossy(&o.stderr).into_owned())
+        .collect();
+    for (o, e) in outs.iter().zip(&stderr) {
+        assert_eq!(o.status.code(), Some(130), "{e}");
+    }
+    let last = stderr[0].lines().last().unwrap_or("");
+    assert!(
+        last.starts_with("interrupted: training stopped at step ") && last.contains("--resume"),
+        "{}",
+        stderr[0]
+    );
+    assert_eq!(stderr[1].trim(), "", "rank 1 speaks");
+    assert!(out.join("latest.safetensors").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The launch line of the README: torchrun starts 2 ranks of `vnca train`.
 #[test]
 fn torchrun_launches_a_training_job() {

@@ -84,14 +84,17 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
         backend: a.dist_backend,
     };
     let s = train(&cfg, &opts)?;
+    if s.interrupted && !main {
+        return Err(Interrupted(None).into()); // rank 0 says where it stopped
+    }
     if s.interrupted {
-        return Err(Interrupted(format!(
+        return Err(Interrupted(Some(format!(
             "training stopped at step {} of {}; `{}` holds it. Continue with: vnca train --out {} --resume",
             s.steps,
             cfg.train.steps,
             crate::train::trainer::latest_path(&out).display(),
             out.display()
-        ))
+        )))
         .into());
     }
     if !main {
@@ -108,7 +111,8 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
 }
 
 /// A run stopped by Ctrl-C (after saving): not a failure, but not a finished run either.
-/// `main` prints it as `interrupted: ...` and exits with 130, the shell's code for SIGINT.
+/// `main` prints its report as `interrupted: ...` and exits with 130, the shell's code for
+/// SIGINT. In a data-parallel job only rank 0 has a report (the others exit silently).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Interrupted(pub String);
+#[error("{}", .0.as_deref().unwrap_or("interrupted"))]
+pub struct Interrupted(pub Option<String>);
