@@ -35,6 +35,8 @@ void vnca_autocast_exit(int device_type, bool was_enabled) {
   at::autocast::set_autocast_enabled(device_of(device_type), was_enabled);
 }
 
+bool vnca_set_flush_denormal(bool on) { return at::globalContext().setFlushDenormal(on); }
+
 bool vnca_autocast_enabled(int device_type) {
   return at::autocast::is_autocast_enabled(device_of(device_type));
 }

@@ -27,6 +27,10 @@ bool vnca_autocast_enter_bf16(int device_type);
 void vnca_autocast_exit(int device_type, bool was_enabled);
 bool vnca_autocast_enabled(int device_type);
 
+// Flush denormal floats to zero on the CPU (x86 FTZ and DAZ), for the calling thread and
+// the threads it starts later; returns false where the CPU cannot. torch.set_flush_denormal.
+bool vnca_set_flush_denormal(bool on);
+
 // The libtorch version these functions were compiled against ("2.13.0").
 const char *vnca_torch_version(void);
 

@@ -23,6 +23,10 @@ use tch::{Device, Kind, Tensor};
 #[derive(Clone, Debug)]
 pub struct BenchOptions {
     pub preset: String,
+    /// Trained weights (and their config, which replaces the preset's) instead of a fresh
+    /// initialisation: a trained model's activations are what a long run computes on
+    /// (saturated ELUs, denormal floats). Ours only: the mirror has no way to load them.
+    pub checkpoint: Option<PathBuf>,
     pub batch: i64,
     pub repeats: usize,
     pub warmup: usize,
@@ -36,6 +40,9 @@ pub struct BenchOptions {
     pub python: Option<PathBuf>,
     /// Arithmetic of ours and the mirror's (TF32 and cuDNN switches, bf16 autocast).
     pub precision: Precision,
+    /// Denormal floats flushed to zero on the CPU, ours and the mirror's alike
+    /// (`crate::precision::flush_denormals`; `vnca --keep-denormals` turns it off).
+    pub flush_denormals: bool,
 }
 
 /// One child process's measurements.
@@ -124,13 +131,23 @@ fn sync(device: Device) {
     }
 }
 
+/// The measured model: the checkpoint's, else the preset's freshly initialised.
+fn measured_model(o: &BenchOptions) -> anyhow::Result<(Vnca, Config)> {
+    match &o.checkpoint {
+        Some(path) => crate::restore::load_model(path, None, o.device),
+        None => {
+            let cfg = Config::preset(&o.preset)?;
+            Ok((Vnca::new(&cfg.model, o.device, 0), cfg))
+        }
+    }
+}
+
 /// The work of one child process: `train` (full training steps) or `iwae` (IWAE-K, ours
 /// with up to 4 images per decode as `vnca eval`; the mirror one image at a time as the
 /// reference's test loop). Prints nothing; returns timings.
 pub fn worker(what: &str, o: &BenchOptions) -> anyhow::Result<WorkerResult> {
-    let cfg = Config::preset(&o.preset)?;
     o.precision.configure();
-    let model = Vnca::new(&cfg.model, o.device, 0);
+    let (model, cfg) = measured_model(o)?;
     let size = cfg.model.image_size;
     let p = o.precision;
     let mut noise = Noise::new(0);
@@ -227,6 +244,9 @@ fn ours(what: &str, o: &BenchOptions, dev: &str) -> anyhow::Result<WorkerResult>
         what,
     ]);
     cmd.args(["--preset", &o.preset, "--batch", &o.batch.to_string()]);
+    if let Some(path) = &o.checkpoint {
+        cmd.arg("--checkpoint").arg(path);
+    }
     cmd.args([
         "--repeats",
         &o.repeats.to_string(),
@@ -243,6 +263,9 @@ fn ours(what: &str, o: &BenchOptions, dev: &str) -> anyhow::Result<WorkerResult>
         cmd.arg("--grad-checkpointing");
     }
     cmd.args(["--precision", &o.precision.to_string()]);
+    if !o.flush_denormals {
+        cmd.arg("--keep-denormals");
+    }
     run_child(cmd, &format!("our {what}"))
 }
 
@@ -278,6 +301,9 @@ fn mirror(
         &cfg.model.hidden.to_string(),
     ]);
     cmd.args(["--enc", &cfg.model.encoder_width.to_string()]);
+    if o.flush_denormals {
+        cmd.arg("--flush-denormal");
+    }
     cmd.args([
         "--images",
         &o.iwae_images.to_string(),
@@ -351,7 +377,6 @@ pub fn run(o: &BenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Result<BenchR
         Device::Cuda(i) => format!("cuda:{i}"),
         _ => "cpu".to_string(),
     };
-    let cfg = Config::preset(&o.preset)?;
     log("training step (ours)...");
     let train_ours = ours("train", o, &dev)?;
     let train_mirror = match &o.python {
@@ -371,7 +396,7 @@ pub fn run(o: &BenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Result<BenchR
         None => None,
     };
     log("hot loop, sgemm, growth...");
-    let model = Vnca::new(&cfg.model, o.device, 0);
+    let (model, cfg) = measured_model(o)?;
     let hot = hot_loop(&model, o);
     let gemm = sgemm(cfg.model.hidden, o);
     let growth = growth_one_thread(&model, o);
@@ -382,7 +407,10 @@ pub fn run(o: &BenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Result<BenchR
     let iwae_o = ips(&iwae_ours);
     let iwae_m = iwae_mirror.as_ref().map(ips);
     Ok(BenchReport {
-        preset: o.preset.clone(),
+        preset: match &o.checkpoint {
+            Some(path) => format!("{} ({})", cfg.name, path.display()),
+            None => o.preset.clone(),
+        },
         batch: o.batch,
         threads: o.threads,
         grad_checkpointing: o.grad_checkpointing,

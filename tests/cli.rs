@@ -333,3 +333,47 @@ fn binarize_command_reproduces_the_shipped_file() {
     );
     assert_eq!(ours.test.label(0), Some(7));
 }
+
+/// `vnca bench --checkpoint` measures the trained model under its own config (here the
+/// shipped non-doubling one, not the default preset), in both denormal modes, and refuses
+/// the PyTorch mirror, which cannot load it. Structure only: speed is never asserted.
+#[test]
+fn bench_measures_a_checkpoint_under_its_own_config() {
+    let ck = "models/mnist-nondoubling-damage-small.safetensors";
+    let args = [
+        "bench",
+        "--checkpoint",
+        ck,
+        "--no-mirror",
+        "--json",
+        "--batch",
+        "2",
+        "--repeats",
+        "1",
+        "--warmup",
+        "0",
+        "--iwae-images",
+        "1",
+        "--iw-samples",
+        "2",
+    ];
+    for keep in [false, true] {
+        let mut all: Vec<&str> = if keep {
+            vec!["--keep-denormals"]
+        } else {
+            vec![]
+        };
+        all.extend(args);
+        let report: serde_json::Value = serde_json::from_str(&ok(&all)).unwrap();
+        assert_eq!(
+            report["preset"],
+            format!("mnist-nondoubling-damage-small ({ck})"),
+            "{report}"
+        );
+        assert_eq!(report["train_step_ours"]["n"], 1, "{report}");
+        assert!(report["train_step_ours"]["median"].as_f64().unwrap() > 0.0);
+        assert!(report["train_step_mirror"].is_null());
+    }
+    let err = fails(&["bench", "--checkpoint", ck]);
+    assert!(err.contains("--no-mirror"), "{err}");
+}

@@ -139,6 +139,8 @@ def main():
     ap.add_argument("--images", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32")
+    # vnca flushes denormal floats to zero on the CPU unless --keep-denormals: the same here.
+    ap.add_argument("--flush-denormal", action="store_true")
     a = ap.parse_args()
     dev = t.device(a.device)
     cuda = dev.type == "cuda"
@@ -153,6 +155,7 @@ def main():
         if cuda:
             t.cuda.synchronize(dev)
 
+    t.set_flush_denormal(a.flush_denormal)
     if a.threads:
         t.set_num_threads(a.threads)
     t.manual_seed(0)

@@ -28,6 +28,10 @@ pub struct BenchShape {
     /// fp32, tf32 or bf16, for ours and the mirror alike (src/precision.rs).
     #[arg(long, value_enum, default_value_t = crate::precision::Precision::Fp32)]
     pub precision: crate::precision::Precision,
+    /// Measure a trained model (a run's checkpoint; its config replaces --preset) instead of
+    /// a fresh one; needs --no-mirror (the mirror cannot load it).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -50,10 +54,12 @@ pub(super) fn bench_options(
     s: &BenchShape,
     device: tch::Device,
     threads: usize,
+    flush_denormals: bool,
     python: Option<PathBuf>,
 ) -> bench::BenchOptions {
     bench::BenchOptions {
         preset: s.preset.clone(),
+        checkpoint: s.checkpoint.clone(),
         batch: s.batch,
         repeats: s.repeats,
         warmup: s.warmup,
@@ -64,10 +70,20 @@ pub(super) fn bench_options(
         threads,
         device,
         python,
+        flush_denormals,
     }
 }
 
-pub(super) fn cmd_bench(a: BenchArgs, device: tch::Device, threads: usize) -> anyhow::Result<()> {
+pub(super) fn cmd_bench(
+    a: BenchArgs,
+    device: tch::Device,
+    threads: usize,
+    flush_denormals: bool,
+) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        a.shape.checkpoint.is_none() || a.no_mirror,
+        "--checkpoint measures our model only (the PyTorch mirror cannot load it): add --no-mirror"
+    );
     let python = if a.no_mirror {
         None
     } else {
@@ -86,7 +102,7 @@ pub(super) fn cmd_bench(a: BenchArgs, device: tch::Device, threads: usize) -> an
         );
         Some(p)
     };
-    let o = bench_options(&a.shape, device, threads, python);
+    let o = bench_options(&a.shape, device, threads, flush_denormals, python);
     let quiet = a.json;
     let r = bench::run(&o, &mut |m| {
         if !quiet {

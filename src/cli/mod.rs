@@ -37,6 +37,10 @@ pub struct Cli {
     /// Intra-op CPU threads (default: the machine's cores).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Compute with denormal floats on the CPU instead of flushing them to zero (PyTorch's
+    /// default; slower: docs/BENCHMARKS.md, "Denormal floats").
+    #[arg(long, global = true)]
+    pub keep_denormals: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -100,6 +104,8 @@ impl ArchArgs {
 }
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // Before any libtorch thread exists, so that every intra-op thread inherits it.
+    crate::precision::flush_denormals(!cli.keep_denormals);
     let threads = set_threads(cli.threads);
     let device = parse_device(&cli.device)?;
     match cli.command {
@@ -110,12 +116,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Figures(a) => pictures::cmd_figures(a, device),
         Command::Info(a) => info::cmd_info(a),
         Command::Data(d) => data::cmd_data(d),
-        Command::Bench(a) => bench::cmd_bench(a, device, threads),
+        Command::Bench(a) => bench::cmd_bench(a, device, threads, !cli.keep_denormals),
         Command::Serve(a) => serve::cmd_serve(a, device),
         Command::Check(a) => check::cmd_check(a, device),
         Command::BenchWorker { what, args } => {
-            let r =
-                crate::bench::worker(&what, &bench::bench_options(&args, device, threads, None))?;
+            let o = bench::bench_options(&args, device, threads, !cli.keep_denormals, None);
+            let r = crate::bench::worker(&what, &o)?;
             println!("{}", serde_json::to_string(&r)?);
             Ok(())
         }
