@@ -38,7 +38,7 @@ pub struct Cli {
     #[arg(long, global = true)]
     pub threads: Option<usize>,
     /// Compute with denormal floats on the CPU instead of flushing them to zero (PyTorch's
-    /// default; slower: docs/BENCHMARKS.md, "Denormal floats").
+    /// default; slower: docs/BENCHMARKS.md, lever 6).
     #[arg(long, global = true)]
     pub keep_denormals: bool,
     #[command(subcommand)]
