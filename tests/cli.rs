@@ -339,7 +339,7 @@ fn binarize_command_reproduces_the_shipped_file() {
 /// the PyTorch mirror, which cannot load it. Structure only: speed is never asserted.
 #[test]
 fn bench_measures_a_checkpoint_under_its_own_config() {
-    let ck = "models/mnist-nondoubling-damage-small.safetensors";
+    let ck = "models/mnist-nondoubling-damage-demo.safetensors";
     let args = [
         "bench",
         "--checkpoint",
@@ -367,7 +367,7 @@ fn bench_measures_a_checkpoint_under_its_own_config() {
         let report: serde_json::Value = serde_json::from_str(&ok(&all)).unwrap();
         assert_eq!(
             report["preset"],
-            format!("mnist-nondoubling-damage-small ({ck})"),
+            format!("mnist-nondoubling-damage-demo ({ck})"),
             "{report}"
         );
         assert_eq!(report["train_step_ours"]["n"], 1, "{report}");

@@ -175,19 +175,21 @@ try {
     await grown(page);
     await page.waitForTimeout(200);
     results[m.name] = await overlap();
-    // The default model must reproduce the stroke well; the shipped non-doubling model
-    // draws blurred blobs (README), so it only has to cover a good part of it.
-    const min = i === 0 ? 0.5 : 0.2;
+    // Every model that takes drawings must reproduce the stroke: IoU 0.86 for the default
+    // and 0.70-0.75 for the shipped non-doubling model (2026-12-05; the blob-drawing one it
+    // replaced needed a bound of 0.2).
+    const min = 0.5;
     check(results[m.name] > min, `${m.name}: the grown digit resembles the drawing`, `IoU of ink ${results[m.name].toFixed(2)} (> ${min})`);
     await page.screenshot({ path: path.join(here, `screenshot-draw-${m.name}.png`) });
 
     if (!m.heals) continue;
     // Erase-and-heal on the drawn digit: pause, erase a disc over the ink, step 32 times;
     // three times, at three places on the digit. Cells update at random (p_update 0.5),
-    // so one erasure is a noisy measurement: with the shipped blob model the fraction of
-    // the hole left after 32 steps ranged 0.29-0.74 over 14 single erasures (mean 0.45;
-    // one CI run failed the old single-erasure check at 0.62). Summed over three erasures
-    // it has to stay under 0.6; a model that does not heal leaves 1.0.
+    // so one erasure is a noisy measurement: with the blob model shipped before 2026-12-05
+    // the fraction of the hole left after 32 steps ranged 0.29-0.74 over 14 single
+    // erasures (mean 0.45); with the shipped model 0.11-0.31 over 12 (4 runs of this test,
+    // 0.19-0.23 summed over each run's three). Summed over three erasures
+    // it has to stay under 0.4; a model that does not heal leaves 1.0.
     await page.waitForTimeout(500);
     if (await page.evaluate(() => window.vnca.status.playing)) await page.click("#play");
     await page.waitForFunction(() => !window.vnca.status.playing, null, { timeout: 10000 });
@@ -216,7 +218,7 @@ try {
       damaged += d; healed += h;
       fractions.push((h / Math.max(d, 1e-9)).toFixed(2));
     }
-    check(damaged > 3 * 20 && healed < 0.6 * damaged, `${m.name}: erased parts of the drawn digit heal in 32 steps`,
+    check(damaged > 3 * 20 && healed < 0.4 * damaged, `${m.name}: erased parts of the drawn digit heal in 32 steps`,
       `mean |diff| to before the damage, in the erased discs, summed over 3 erasures: ${damaged.toFixed(1)} -> ${healed.toFixed(1)} (fraction left each: ${fractions.join(", ")})`);
     await page.screenshot({ path: path.join(here, `screenshot-healed-${m.name}.png`) });
   }
