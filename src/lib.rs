@@ -14,6 +14,7 @@ pub mod dist;
 pub mod eval;
 pub mod figures;
 pub mod likelihood;
+pub mod malloc;
 pub mod model;
 pub mod noise;
 pub mod objective;

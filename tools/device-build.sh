@@ -34,7 +34,10 @@ LIBTORCH_DEVICE=$(.venv-device/bin/python -c 'import torch, os; print(os.path.di
 # The sources as they are in the work tree (committed or not), with tch pinned to 0.24.
 TREE=target-device/tree
 mkdir -p "$TREE"
-for item in Cargo.toml Cargo.lock build.rs csrc src configs assets; do
+# The workspace members (crates/) and the targets Cargo.toml names (tests/malloc.rs)
+# must be there for cargo to read the manifest at all.
+mkdir -p "$TREE/tests"
+for item in Cargo.toml Cargo.lock build.rs csrc src configs assets crates tests/malloc.rs; do
   rm -rf "${TREE:?}/$item"
   cp -r "$item" "$TREE/$item"
 done

@@ -106,6 +106,8 @@ impl ArchArgs {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // Before any libtorch thread exists, so that every intra-op thread inherits it.
     crate::precision::flush_denormals(!cli.keep_denormals);
+    // Before the first tensor: freed CPU tensors are reused, not unmapped (src/malloc.rs).
+    crate::malloc::keep_freed_memory();
     let threads = set_threads(cli.threads);
     let device = parse_device(&cli.device)?;
     match cli.command {
