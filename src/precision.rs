@@ -123,7 +123,8 @@ pub fn autocast_enabled(device: Device) -> bool {
 /// flushing them; returns whether the CPU supports it (x86 with SSE3). A denormal operand
 /// costs an x86 core a microcode assist: a trained non-doubling model's ELUs saturate
 /// (exp(x) of a pre-activation below about -87 is denormal), and its training update took
-/// about four times as long as with flushing (docs/BENCHMARKS.md, lever 6). Values that small are far below anything the model's output depends on.
+/// about four times as long as with flushing (docs/BENCHMARKS.md, lever 6). Values that
+/// small are far below anything the model's output depends on.
 /// Call it before libtorch starts its threads: a thread inherits the setting when it is
 /// created (`vnca` does, first thing).
 pub fn flush_denormals(on: bool) -> bool {
