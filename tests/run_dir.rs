@@ -1,7 +1,7 @@
-//! A run directory as a user meets it: Ctrl-C says where training stopped and exits 130,
-//! a second `vnca train` into a directory in use refuses naming the holder, a lock left
-//! by a killed run does not block `--resume`; `vnca eval` with several K and per-image
-//! output.
+//! A run directory as a user meets it: Ctrl-C (or SIGTERM) saves `latest`, says where
+//! training stopped and exits 130, a second `vnca train` into a directory in use refuses
+//! naming the holder, a lock left by a killed run does not block `--resume`; `vnca eval`
+//! with several K and per-image output.
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
@@ -70,11 +70,23 @@ fn stderr_of(child: Child) -> (Option<i32>, String) {
 
 #[test]
 fn ctrl_c_saves_says_where_it_stopped_and_exits_130() {
+    stops_saves_says_where_and_exits_130("-INT");
+}
+
+/// SIGTERM is what Slurm sends at a job's time limit and torchrun sends the other ranks
+/// once one has exited (both SIGKILL some seconds later): the run stops as for Ctrl-C,
+/// with `latest` saved, instead of dying with the updates since the last evaluation.
+#[test]
+fn sigterm_saves_says_where_it_stopped_and_exits_130() {
+    stops_saves_says_where_and_exits_130("-TERM");
+}
+
+fn stops_saves_says_where_and_exits_130(sig: &str) {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let child = start_long_run(&out);
     wait_for_steps(&out, 3);
-    signal(&child, "-INT");
+    signal(&child, sig);
     let (code, err) = stderr_of(child);
     assert_eq!(code, Some(130), "{err}");
     let last = err.lines().last().unwrap_or("");
@@ -95,6 +107,15 @@ fn ctrl_c_saves_says_where_it_stopped_and_exits_130() {
         .parse()
         .unwrap();
     assert!(step >= 3, "{last}");
+    let meta = vnca::checkpoint::Loaded::read(&out.join("latest.safetensors"))
+        .unwrap()
+        .meta;
+    let state: serde_json::Value = serde_json::from_str(&meta.state.unwrap()).unwrap();
+    assert_eq!(
+        state["step"].as_u64(),
+        Some(step),
+        "`latest` is not at the stop"
+    );
     // The saved checkpoint continues: two more steps.
     let status = vnca()
         .args(["train", "--resume", "--quiet", "--steps"])

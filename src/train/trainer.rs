@@ -2,8 +2,10 @@
 //! §2), with periodic validation, atomic `latest`/`best` checkpoints and sample pictures.
 //!
 //! Safety rules: a non-finite loss or gradient norm stops the run before the update is
-//! applied and before anything is written; Ctrl-C finishes the current step, saves
-//! `latest` and returns `interrupted`; `--resume` continues bit-exactly from `latest`
+//! applied and before anything is written; Ctrl-C (SIGINT), SIGTERM or SIGHUP finishes the
+//! current step, saves `latest` and returns `interrupted` (SIGTERM is how torchrun stops the
+//! other ranks once one has exited, and how Slurm ends a job at its time limit: both wait
+//! before they SIGKILL); `--resume` continues bit-exactly from `latest`
 //! (every random stream, the optimizer and the damage pool are in the checkpoint); one
 //! process at a time trains into a run directory (`run_lock`).
 use super::data_parallel::{self, DataParallel, ShardedNoise};
