@@ -393,9 +393,10 @@ fn every_rank_stops_with_130_and_rank_0_alone_reports(sig: &str) {
 /// tasks): rank 1, which writes nothing, exits first, and torchrun then SIGTERMs rank 0
 /// while it may still be saving. Rank 0 finishes the save and its report (torchrun waits
 /// 30 s before it SIGKILLs). With this tiny model rank 0 is usually done before the
-/// SIGTERM lands (the test passed before SIGTERM was handled); with the 14 MB checkpoint
-/// of `mnist-nondoubling-damage-demo` it was not, and rank 0 died before its report. The
-/// SIGTERM tests above pin the handling itself.
+/// SIGTERM lands (the test passed before SIGTERM was handled); with
+/// `mnist-nondoubling-damage-demo` (a 14 MB checkpoint, then two picture grids) it was
+/// not, and rank 0 died between its pictures, before its report. The SIGTERM tests above
+/// pin the handling itself.
 #[test]
 fn ranks_interrupted_under_torchrun_save_and_report() {
     let _serial = serial();

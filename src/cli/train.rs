@@ -112,7 +112,8 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
 
 /// A run stopped by Ctrl-C, SIGTERM or SIGHUP (after saving): not a failure, but not a
 /// finished run either. `main` prints its report as `interrupted: ...` and exits with 130,
-/// the shell's code for SIGINT, whichever of the three it was. In a data-parallel job only rank 0 has a report (the others exit silently).
+/// the shell's code for SIGINT, whichever of the three it was. In a data-parallel job only
+/// rank 0 has a report (the others exit silently).
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.as_deref().unwrap_or("interrupted"))]
 pub struct Interrupted(pub Option<String>);
