@@ -162,6 +162,15 @@ fn wait_for_records(out: &Path, n: usize) {
     }
 }
 
+/// `kill SIG PID`.
+fn signal(sig: &str, pid: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([sig, pid])
+        .status()
+        .unwrap();
+    assert!(sent.success(), "kill {sig} {pid}");
+}
+
 /// Rank 0's `interrupted: training stopped at step N of M ... --resume` line is in
 /// `stderr`, and `latest` holds update N.
 fn stop_reported_and_saved(stderr: &str, out: &Path) -> u64 {
@@ -358,11 +367,7 @@ fn every_rank_stops_with_130_and_rank_0_alone_reports(sig: &str) {
     let ranks: Vec<Child> = (0..2).map(|r| spawn_rank(r, 2, port, 60, &args)).collect();
     wait_for_records(&out, 2);
     for rank in &ranks {
-        let sent = std::process::Command::new("kill")
-            .args([sig, &rank.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        signal(sig, &rank.id().to_string());
     }
     let outs: Vec<Output> = ranks
         .into_iter()
@@ -420,11 +425,7 @@ fn ranks_interrupted_under_torchrun_save_and_report() {
     let ranks = String::from_utf8_lossy(&ranks.stdout).into_owned();
     assert_eq!(ranks.lines().count(), 2, "ranks of torchrun: {ranks:?}");
     for pid in ranks.lines() {
-        let sent = std::process::Command::new("kill")
-            .args(["-INT", pid])
-            .status()
-            .unwrap();
-        assert!(sent.success());
+        signal("-INT", pid);
     }
     let o = job.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&o.stderr);
