@@ -272,6 +272,10 @@ pub struct PoolConfig {
     pub size: usize,
     /// Side of the zeroed square (14 for 28x28 MNIST, 16 for 32x32 CelebA).
     pub damage_size: i64,
+    /// Fraction of a batch's pool rows that are damaged before they grow on: 0.5 in the
+    /// reference (B/4 of the B/2 pool rows). Higher trains regrowth on more of the batch.
+    #[serde(default = "default_damaged_fraction")]
+    pub damaged_fraction: f64,
     #[serde(default)]
     pub kl: PoolKl,
     /// Keep the pool's images and states in `latest.safetensors` (N x (C + Z) x S x S
@@ -280,6 +284,10 @@ pub struct PoolConfig {
     /// resumed run starts with an empty pool.
     #[serde(default = "default_true")]
     pub save: bool,
+}
+
+fn default_damaged_fraction() -> f64 {
+    0.5
 }
 
 fn default_true() -> bool {
@@ -422,6 +430,12 @@ impl Config {
                 return Err((
                     "train.pool.damage_size",
                     format!("{} (must be in 1..={})", pool.damage_size, m.image_size),
+                ));
+            }
+            if !(0.0..=1.0).contains(&pool.damaged_fraction) {
+                return Err((
+                    "train.pool.damaged_fraction",
+                    format!("{} (must be in 0..=1)", pool.damaged_fraction),
                 ));
             }
             if pool.size < self.train.batch_size as usize {
@@ -775,6 +789,17 @@ mod tests {
             let msg = err.to_string();
             assert!(msg.contains(field) && msg.contains("t.toml"), "{msg}");
         }
+        let pool = Config::preset("mnist-nondoubling-damage-small")
+            .unwrap()
+            .to_toml();
+        let bad = pool.replace("damaged_fraction = 0.5", "damaged_fraction = 1.5");
+        let msg = Config::from_toml_str(&bad, "p.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("train.pool.damaged_fraction") && msg.contains("p.toml"),
+            "{msg}"
+        );
         let err = Config::from_toml_str(&good.replace("[model]", "[model]\nzdim = 3"), "t.toml")
             .unwrap_err()
             .to_string();

@@ -21,6 +21,9 @@ pub struct Stage {
     /// Mean over images of log p(x | state), nats per image.
     pub log_px_nats: f64,
     pub stderr: f64,
+    /// log p(x | state) of each image, in split order (for `--per-example`).
+    #[serde(skip)]
+    pub per_image: Vec<f64>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -84,6 +87,7 @@ pub fn damage_eval(
             steps_after_damage: after,
             log_px_nats: r.nll_nats,
             stderr: r.nll_stderr,
+            per_image: v.to_vec(),
         }
     };
     let mut stages = vec![
@@ -162,5 +166,14 @@ mod tests {
             .iter()
             .all(|s| s.log_px_nats < 0.0 && s.stderr >= 0.0));
         assert!(table(&r).contains("| recovered | 3 |"));
+        for s in &r.stages {
+            assert_eq!(s.per_image.len(), 5);
+            let mean = s.per_image.iter().sum::<f64>() / 5.0;
+            assert!(
+                (mean - s.log_px_nats).abs() < 1e-9,
+                "{mean} vs {}",
+                s.log_px_nats
+            );
+        }
     }
 }

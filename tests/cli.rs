@@ -377,3 +377,57 @@ fn bench_measures_a_checkpoint_under_its_own_config() {
     let err = fails(&["bench", "--checkpoint", ck]);
     assert!(err.contains("--no-mirror"), "{err}");
 }
+
+/// `vnca damage-eval --per-example` on the shipped damage model: one CSV line per image
+/// whose columns average to the table's rows, and damage that costs and heals.
+#[test]
+fn damage_eval_writes_one_line_per_image() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("healing.csv");
+    let table = ok(&[
+        "damage-eval",
+        "--checkpoint",
+        "models/mnist-nondoubling-damage-demo.safetensors",
+        "--n",
+        "6",
+        "--batch",
+        "4",
+        "--steps",
+        "32,1",
+        "--per-example",
+        csv.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(&csv).unwrap();
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next().unwrap(),
+        "index,label,grown,damaged,after_1,after_32"
+    );
+    let rows: Vec<Vec<f64>> = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(rows.len(), 6);
+    assert_eq!(
+        rows[0][..2],
+        [0.0, 7.0],
+        "index 0 is the test set's first image, a 7"
+    );
+    let mean = |col: usize| rows.iter().map(|r| r[col]).sum::<f64>() / 6.0;
+    // The table prints the same means (2 decimals): | stage | steps | log p(x) | s.e. |
+    for (stage, col) in [
+        ("| grown | 0 |", 2),
+        ("| damaged | 0 |", 3),
+        ("| recovered | 32 |", 5),
+    ] {
+        let line = table.lines().find(|l| l.starts_with(stage)).unwrap();
+        let printed: f64 = line.split('|').nth(3).unwrap().trim().parse().unwrap();
+        assert!(
+            (printed - mean(col)).abs() < 0.006,
+            "{stage}: {printed} vs {}",
+            mean(col)
+        );
+    }
+    // A trained damage model: an erased half-side square costs, and 32 steps win most back.
+    assert!(mean(3) < mean(2) - 20.0, "{table}");
+    assert!(mean(5) > mean(3) + 20.0, "{table}");
+}

@@ -70,6 +70,10 @@ pub struct DamageEvalArgs {
     pub batch: i64,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// Write one CSV line per image: index, label, and log p(x | state) grown, damaged
+    /// and after each recovery step count (which images heal, which regrow another digit).
+    #[arg(long, value_name = "FILE")]
+    pub per_example: Option<PathBuf>,
     #[arg(long)]
     pub json: bool,
 }
@@ -107,15 +111,7 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
         a.iw_samples.len() as u64
     };
     let bar = crate::progress::bar(n * passes, "images", a.json);
-    let labels = split.labels.as_ref().map(|l| {
-        Vec::<i64>::try_from(l.narrow(0, 0, n as i64).to_kind(tch::Kind::Int64)).unwrap_or_default()
-    });
-    let label_of = |i: usize| {
-        labels
-            .as_ref()
-            .and_then(|l| l.get(i))
-            .map(|l| l.to_string())
-    };
+    let labels = label_column(&split, n as usize);
 
     if a.posterior_mean {
         let mut noise = Noise::new(a.seed);
@@ -124,10 +120,11 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
         });
         bar.finish_and_clear();
         if let Some(path) = &a.per_example {
-            let rows =
-                r.per_image.iter().enumerate().map(|(i, (lp, kl))| {
-                    format!("{i},{},{lp},{kl}", label_of(i).unwrap_or_default())
-                });
+            let rows = r
+                .per_image
+                .iter()
+                .enumerate()
+                .map(|(i, (lp, kl))| format!("{i},{},{lp},{kl}", labels[i]));
             write_csv(path, "index,label,log_px_given_mu,kl", rows)?;
         }
         if a.json {
@@ -166,11 +163,7 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
             .join(",");
         let rows = (0..n as usize).map(|i| {
             let values: Vec<String> = columns.iter().map(|c| c[i].to_string()).collect();
-            format!(
-                "{i},{},{}",
-                label_of(i).unwrap_or_default(),
-                values.join(",")
-            )
+            format!("{i},{},{}", labels[i], values.join(","))
         });
         write_csv(path, &header, rows)?;
     }
@@ -192,6 +185,21 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// The labels of the first `n` images as CSV fields: empty when the split has none.
+fn label_column(split: &dataset::Split, n: usize) -> Vec<String> {
+    let labels = split.labels.as_ref().map(|l| {
+        Vec::<i64>::try_from(l.narrow(0, 0, n as i64).to_kind(tch::Kind::Int64)).unwrap_or_default()
+    });
+    (0..n)
+        .map(|i| {
+            labels
+                .as_ref()
+                .and_then(|l| l.get(i))
+                .map_or(String::new(), |l| l.to_string())
+        })
+        .collect()
 }
 
 /// Writes a CSV file atomically (a header line, then the rows), naming the file in errors.
@@ -225,6 +233,25 @@ pub(super) fn cmd_damage_eval(a: DamageEvalArgs, device: tch::Device) -> anyhow:
     let mut noise = Noise::new(a.seed);
     let r =
         crate::damage_eval::damage_eval(&model, &split, a.n, side, &a.steps, a.batch, &mut noise);
+    if let Some(path) = &a.per_example {
+        let labels = label_column(&split, r.n_images);
+        let header = std::iter::once("index,label".to_string())
+            .chain(r.stages.iter().map(|s| match s.stage.as_str() {
+                "recovered" => format!("after_{}", s.steps_after_damage),
+                other => other.to_string(),
+            }))
+            .collect::<Vec<_>>()
+            .join(",");
+        let rows = (0..r.n_images).map(|i| {
+            let values: Vec<String> = r
+                .stages
+                .iter()
+                .map(|s| s.per_image[i].to_string())
+                .collect();
+            format!("{i},{},{}", labels[i], values.join(","))
+        });
+        write_csv(path, &header, rows)?;
+    }
     if a.json {
         println!("{}", serde_json::to_string(&r)?);
     } else {

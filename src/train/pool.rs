@@ -5,7 +5,7 @@
 //!
 //! Per training batch of B images (reference semantics): when the pool holds more than
 //! B/2 entries, take its first B/2 (image, state) pairs, zero a `damage_size` square of
-//! all channels in the first B/4 states, and let them replace the last B/2 images and
+//! all channels in the first B/4 states (`damaged_fraction` of the pool rows: 0.5), and let them replace the last B/2 images and
 //! seeds of the batch; encode all B images, decode the fresh rows from z and the pool
 //! rows from their states, and return all B (image, final state) pairs to the pool,
 //! shuffled and truncated to its capacity.
@@ -45,6 +45,8 @@ pub struct Pool {
     free: Vec<i64>,
     capacity: usize,
     damage_size: i64,
+    /// Fraction of the pool rows of a batch that are damaged (0.5 in the reference).
+    damaged_fraction: f64,
     kl: PoolKl,
     /// In a data-parallel run, this rank's stream for the pool's own draws (damage
     /// squares, shuffles), set before each step; None: they come from the run's stream.
@@ -52,13 +54,14 @@ pub struct Pool {
 }
 
 impl Pool {
-    pub fn new(capacity: usize, damage_size: i64, kl: PoolKl) -> Self {
+    pub fn new(capacity: usize, damage_size: i64, damaged_fraction: f64, kl: PoolKl) -> Self {
         Pool {
             slabs: None,
             order: Vec::new(),
             free: Vec::new(),
             capacity,
             damage_size,
+            damaged_fraction,
             kl,
             own_noise: None,
         }
@@ -111,12 +114,7 @@ impl Pool {
             let (imgs, states) = self.rows(0..n_pool as usize).expect("a non-empty pool");
             let taken: Vec<i64> = self.order.drain(..n_pool as usize).collect();
             self.free.extend(taken);
-            let (h, w) = (states.size()[2], states.size()[3]);
-            for i in 0..(b / 4) {
-                let draw = pick(&mut self.own_noise, noise);
-                let (top, left) = random_square(h, w, self.damage_size, draw);
-                erase_(&states.get(i), top, left, self.damage_size); // rows of a copy
-            }
+            self.damage_first_rows(&states, noise);
             x = Tensor::cat(&[x.narrow(0, 0, b - n_pool), imgs], 0);
             pool_states = Some(states); // [B/2, Z, S, S]
         }
@@ -143,6 +141,19 @@ impl Pool {
             loss,
             recon,
             kl: kl_all,
+        }
+    }
+
+    /// Zero a random `damage_size` square of all channels in the first `damaged_fraction`
+    /// of the taken pool states [n, Z, S, S] (a copy: the pool's slabs stay as they were).
+    /// The reference damages B/4 rows of B/2: floor(floor(B/2) x 0.5) is the same number.
+    fn damage_first_rows(&mut self, states: &Tensor, noise: &mut dyn NoiseSource) {
+        let (n, h, w) = (states.size()[0], states.size()[2], states.size()[3]);
+        let n_damaged = (n as f64 * self.damaged_fraction).floor() as i64;
+        for i in 0..n_damaged {
+            let draw = pick(&mut self.own_noise, noise);
+            let (top, left) = random_square(h, w, self.damage_size, draw);
+            erase_(&states.get(i), top, left, self.damage_size);
         }
     }
 
@@ -251,7 +262,7 @@ mod tests {
     #[test]
     fn pool_fills_then_feeds_half_the_batch() {
         let model = grid_model();
-        let mut pool = Pool::new(10, 14, PoolKl::Reference);
+        let mut pool = Pool::new(10, 14, 0.5, PoolKl::Reference);
         let mut noise = Noise::new(0);
         let x = Tensor::rand([4, 1, 28, 28], (Kind::Float, tch::Device::Cpu))
             .lt(0.3)
@@ -269,7 +280,7 @@ mod tests {
         let _ = pool.elbo(&model, &x, 1.0, &mut noise);
         assert_eq!(pool.len(), 10, "truncated to the capacity");
         e.loss.backward();
-        let mut fresh = Pool::new(10, 14, PoolKl::FreshOnly);
+        let mut fresh = Pool::new(10, 14, 0.5, PoolKl::FreshOnly);
         for _ in 0..3 {
             let _ = fresh.elbo(&model, &x, 1.0, &mut noise);
         }
@@ -286,7 +297,7 @@ mod tests {
     #[test]
     fn pool_memory_is_capacity_plus_one_batch_of_rows() {
         let model = grid_model();
-        let mut pool = Pool::new(10, 14, PoolKl::Reference);
+        let mut pool = Pool::new(10, 14, 0.5, PoolKl::Reference);
         let mut noise = Noise::new(2);
         let x = Tensor::rand([4, 1, 28, 28], (Kind::Float, tch::Device::Cpu))
             .lt(0.3)
@@ -308,9 +319,36 @@ mod tests {
     }
 
     #[test]
+    fn damaged_fraction_of_the_pool_rows_get_one_square_each() {
+        let mut noise = Noise::new(4);
+        // (fraction, pool rows, rows damaged): 0.5 is the reference's B/4 of B/2 rows.
+        for (fraction, n, want) in [
+            (0.5, 8, 4),
+            (0.5, 7, 3),
+            (1.0, 8, 8),
+            (0.3, 8, 2),
+            (0.0, 8, 0),
+        ] {
+            let mut pool = Pool::new(10, 5, fraction, PoolKl::Reference);
+            let states = Tensor::ones([n, 3, 28, 28], (Kind::Float, tch::Device::Cpu));
+            pool.damage_first_rows(&states, &mut noise);
+            // zeros per row: one 5x5 square of all 3 channels in the first `want` rows.
+            let zeros = states
+                .eq(0.0)
+                .sum_dim_intlist([1i64, 2, 3].as_slice(), false, Kind::Int64);
+            let want_zeros: Vec<i64> = (0..n).map(|i| if i < want { 75 } else { 0 }).collect();
+            assert_eq!(
+                Vec::<i64>::try_from(zeros).unwrap(),
+                want_zeros,
+                "{fraction} of {n}"
+            );
+        }
+    }
+
+    #[test]
     fn to_tensors_and_restore_round_trip_in_order() {
         let model = grid_model();
-        let mut pool = Pool::new(10, 14, PoolKl::Reference);
+        let mut pool = Pool::new(10, 14, 0.5, PoolKl::Reference);
         let mut noise = Noise::new(3);
         let x = Tensor::rand([4, 1, 28, 28], (Kind::Float, tch::Device::Cpu))
             .lt(0.3)
@@ -321,7 +359,7 @@ mod tests {
         let (imgs, states) = pool.to_tensors().unwrap();
         assert_eq!(imgs.size(), [8, 1, 28, 28]);
         assert_eq!(states.size(), [8, 8, 28, 28]);
-        let mut back = Pool::new(10, 14, PoolKl::Reference);
+        let mut back = Pool::new(10, 14, 0.5, PoolKl::Reference);
         back.restore(&imgs, &states, tch::Device::Cpu);
         let (imgs2, states2) = back.to_tensors().unwrap();
         assert!(imgs.equal(&imgs2) && states.equal(&states2));
@@ -330,6 +368,8 @@ mod tests {
         let a = pool.elbo(&model, &x, 1.0, &mut n1).loss.double_value(&[]);
         let b = back.elbo(&model, &x, 1.0, &mut n2).loss.double_value(&[]);
         assert_eq!(a, b);
-        assert!(Pool::new(4, 14, PoolKl::Reference).to_tensors().is_none());
+        assert!(Pool::new(4, 14, 0.5, PoolKl::Reference)
+            .to_tensors()
+            .is_none());
     }
 }

@@ -213,7 +213,7 @@ impl Run {
         let mut pool = t
             .pool
             .as_ref()
-            .map(|p| Pool::new(p.size / dp.world(), p.damage_size, p.kl));
+            .map(|p| Pool::new(p.size / dp.world(), p.damage_size, p.damaged_fraction, p.kl));
         let state = if opts.resume {
             if !latest.exists() {
                 bail!(
