@@ -4,11 +4,15 @@
 //! (`damage_size`, default half the side, at a uniformly drawn place per image) and
 //! score again; then run more NCA steps at full size and score after each of the given
 //! step counts. Reported as mean and standard error over the images, in nats per image.
+//!
+//! Growth and damage draw from one noise stream, the recovery steps of each batch from
+//! their own, all from `seed`: a value does not depend on which other recovery step counts
+//! are asked for, and two checkpoints are measured on the same draws.
 use crate::dataset::Split;
 use crate::eval::summarize;
 use crate::model::nca::damage_random;
 use crate::model::Vnca;
-use crate::noise::NoiseSource;
+use crate::noise::Noise;
 use serde::Serialize;
 use tch::{Kind, Tensor};
 
@@ -42,8 +46,9 @@ pub fn damage_eval(
     damage_size: i64,
     recovery_steps: &[usize],
     batch: i64,
-    noise: &mut dyn NoiseSource,
+    seed: u64,
 ) -> DamageReport {
+    let mut noise = Noise::new(seed);
     let mut steps: Vec<usize> = recovery_steps.to_vec();
     steps.sort_unstable();
     steps.dedup();
@@ -57,7 +62,7 @@ pub fn damage_eval(
             let len = batch.min(n - start);
             let x = split.range(start, len, size, model.device());
             let z = model.encode(&x).mu;
-            let mut state = model.decode(&z, noise);
+            let mut state = model.decode(&z, &mut noise);
             let mut push = |k: usize, s: &Tensor| {
                 let lp = model
                     .log_likelihood(s, &x)
@@ -66,13 +71,16 @@ pub fn damage_eval(
                 scores[k].extend(Vec::<f64>::try_from(lp).expect("f64 scores"));
             };
             push(0, &state);
-            state = damage_random(&state, damage_size, noise);
+            state = damage_random(&state, damage_size, &mut noise);
             push(1, &state);
+            let mut healing_noise =
+                Noise::new(seed ^ 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(start as u64 + 1));
             let mut done = 0;
             for (k, &target) in steps.iter().enumerate() {
-                state = model
-                    .nca()
-                    .run_steps(&state, target - done, noise, &mut |_| {});
+                state =
+                    model
+                        .nca()
+                        .run_steps(&state, target - done, &mut healing_noise, &mut |_| {});
                 done = target;
                 push(2 + k, &state);
             }
@@ -141,7 +149,7 @@ mod tests {
             cols: 28,
         };
         let split = Split::from_image_set("test", &set);
-        let r = damage_eval(&model, &split, 5, 14, &[3, 1], 2, &mut Noise::new(0));
+        let r = damage_eval(&model, &split, 5, 14, &[3, 1], 2, 0);
         assert_eq!(r.n_images, 5);
         let names: Vec<_> = r
             .stages

@@ -430,4 +430,34 @@ fn damage_eval_writes_one_line_per_image() {
     // A trained damage model: an erased half-side square costs, and 32 steps win most back.
     assert!(mean(3) < mean(2) - 20.0, "{table}");
     assert!(mean(5) > mean(3) + 20.0, "{table}");
+    // Asking for fewer step counts draws the same noise for the others: the same values.
+    let csv32 = dir.path().join("healing-32.csv");
+    let _ = ok(&[
+        "damage-eval",
+        "--checkpoint",
+        "models/mnist-nondoubling-damage-demo.safetensors",
+        "--n",
+        "6",
+        "--batch",
+        "4",
+        "--steps",
+        "32",
+        "--per-example",
+        csv32.to_str().unwrap(),
+    ]);
+    let only32: Vec<String> = std::fs::read_to_string(&csv32)
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    let without_1: Vec<String> = text
+        .lines()
+        .skip(1)
+        .map(|l| {
+            let f: Vec<&str> = l.split(',').collect();
+            [f[0], f[1], f[2], f[3], f[5]].join(",")
+        })
+        .collect();
+    assert_eq!(only32, without_1);
 }

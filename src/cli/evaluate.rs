@@ -230,9 +230,7 @@ pub(super) fn cmd_damage_eval(a: DamageEvalArgs, device: tch::Device) -> anyhow:
         "--damage-size {side} must be in 1..={}",
         cfg.model.image_size
     );
-    let mut noise = Noise::new(a.seed);
-    let r =
-        crate::damage_eval::damage_eval(&model, &split, a.n, side, &a.steps, a.batch, &mut noise);
+    let r = crate::damage_eval::damage_eval(&model, &split, a.n, side, &a.steps, a.batch, a.seed);
     if let Some(path) = &a.per_example {
         let labels = label_column(&split, r.n_images);
         let header = std::iter::once("index,label".to_string())
