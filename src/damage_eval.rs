@@ -132,7 +132,6 @@ pub fn table(r: &DamageReport) -> String {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::noise::Noise;
 
     #[test]
     fn stages_in_order_and_damage_hurts_an_identity_nca() {
