@@ -54,6 +54,7 @@ pub fn damage_eval(
     steps.dedup();
     let n = (n as i64).min(split.len());
     let size = model.cfg.image_size;
+    let nca = model.nca();
     // per stage: per-image log p
     let mut scores: Vec<Vec<f64>> = vec![Vec::new(); 2 + steps.len()];
     tch::no_grad(|| {
@@ -77,10 +78,8 @@ pub fn damage_eval(
                 Noise::new(seed ^ 0x9E37_79B9_7F4A_7C15u64.wrapping_mul(start as u64 + 1));
             let mut done = 0;
             for (k, &target) in steps.iter().enumerate() {
-                state =
-                    model
-                        .nca()
-                        .run_steps(&state, target - done, &mut healing_noise, &mut |_| {});
+                let more = target - done;
+                state = nca.run_steps(&state, more, &mut healing_noise, &mut |_| {});
                 done = target;
                 push(2 + k, &state);
             }

@@ -5,10 +5,10 @@
 //!
 //! Per training batch of B images (reference semantics): when the pool holds more than
 //! B/2 entries, take its first B/2 (image, state) pairs, zero a `damage_size` square of
-//! all channels in the first B/4 states (`damaged_fraction` of the pool rows: 0.5), and let them replace the last B/2 images and
-//! seeds of the batch; encode all B images, decode the fresh rows from z and the pool
-//! rows from their states, and return all B (image, final state) pairs to the pool,
-//! shuffled and truncated to its capacity.
+//! all channels in the first B/4 states (`damaged_fraction` = 0.5 of the pool rows), and
+//! let them replace the last B/2 images and seeds of the batch; encode all B images,
+//! decode the fresh rows from z and the pool rows from their states, and return all B
+//! (image, final state) pairs to the pool, shuffled and truncated to its capacity.
 //!
 //! The KL of a pool row: the reference adds the KL of a *fresh* encoding of the pool
 //! image although that z is never decoded (its own comment: "yes this is wrong"). That is
