@@ -383,21 +383,25 @@ fn bench_measures_a_checkpoint_under_its_own_config() {
 #[test]
 fn damage_eval_writes_one_line_per_image() {
     let dir = tempfile::tempdir().unwrap();
-    let csv = dir.path().join("healing.csv");
-    let table = ok(&[
-        "damage-eval",
-        "--checkpoint",
-        "models/mnist-nondoubling-damage-demo.safetensors",
-        "--n",
-        "6",
-        "--batch",
-        "4",
-        "--steps",
-        "32,1",
-        "--per-example",
-        csv.to_str().unwrap(),
-    ]);
-    let text = std::fs::read_to_string(&csv).unwrap();
+    // Six test images in batches of 4; returns the printed table and the CSV's text.
+    let damage_eval = |steps: &str| {
+        let csv = dir.path().join(format!("healing-{steps}.csv"));
+        let table = ok(&[
+            "damage-eval",
+            "--checkpoint",
+            "models/mnist-nondoubling-damage-demo.safetensors",
+            "--n",
+            "6",
+            "--batch",
+            "4",
+            "--steps",
+            steps,
+            "--per-example",
+            csv.to_str().unwrap(),
+        ]);
+        (table, std::fs::read_to_string(&csv).unwrap())
+    };
+    let (table, text) = damage_eval("32,1");
     let mut lines = text.lines();
     assert_eq!(
         lines.next().unwrap(),
@@ -431,26 +435,8 @@ fn damage_eval_writes_one_line_per_image() {
     assert!(mean(3) < mean(2) - 20.0, "{table}");
     assert!(mean(5) > mean(3) + 20.0, "{table}");
     // Asking for fewer step counts draws the same noise for the others: the same values.
-    let csv32 = dir.path().join("healing-32.csv");
-    let _ = ok(&[
-        "damage-eval",
-        "--checkpoint",
-        "models/mnist-nondoubling-damage-demo.safetensors",
-        "--n",
-        "6",
-        "--batch",
-        "4",
-        "--steps",
-        "32",
-        "--per-example",
-        csv32.to_str().unwrap(),
-    ]);
-    let only32: Vec<String> = std::fs::read_to_string(&csv32)
-        .unwrap()
-        .lines()
-        .skip(1)
-        .map(str::to_string)
-        .collect();
+    let (_, text32) = damage_eval("32");
+    let only32: Vec<String> = text32.lines().skip(1).map(str::to_string).collect();
     let without_1: Vec<String> = text
         .lines()
         .skip(1)
