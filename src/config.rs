@@ -231,6 +231,12 @@ pub struct TrainConfig {
     /// Seed of every random stream (init, data order, noise).
     #[serde(default)]
     pub seed: u64,
+    /// Start from the weights of this checkpoint (a run's `latest` or `best`, a file of
+    /// `models/`) instead of a random init; Adam, the data order and the pool start
+    /// afresh. A narrower model of the same kind (smaller `z_dim` or `hidden`) is widened
+    /// so that it computes what it did (src/model/widen.rs). A resumed run ignores it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<PathBuf>,
 }
 
 fn default_n_residual() -> usize {

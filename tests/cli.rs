@@ -447,3 +447,59 @@ fn damage_eval_writes_one_line_per_image() {
         .collect();
     assert_eq!(only32, without_1);
 }
+
+#[test]
+fn train_init_from_starts_from_a_trained_model_and_widens_a_narrower_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let narrow = dir.path().join("narrow.safetensors");
+    std::fs::copy("models/mnist-nondoubling-damage-demo.safetensors", &narrow).unwrap();
+    // The shipped damage model (Z = hidden = 32) under a config 8 wider, a few tiny
+    // updates at a negligible learning rate: the validation NLL is the trained model's
+    // (about 128 nats on these images), not a fresh model's (over 500).
+    let config = |z_dim: i64, name: &str| {
+        let mut cfg = vnca::config::Config::preset("mnist-nondoubling-damage-demo").unwrap();
+        (cfg.model.z_dim, cfg.model.hidden) = (z_dim, z_dim);
+        let t = &mut cfg.train;
+        (t.batch_size, t.lr, t.steps, t.eval_every, t.eval_images) = (4, 1e-9, 2, 2, 16);
+        t.pool.as_mut().unwrap().size = 8;
+        t.init_from = Some(narrow.clone());
+        let path = dir.path().join(name);
+        std::fs::write(&path, cfg.to_toml()).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let out = dir.path().join("run");
+    let out = out.to_str().unwrap();
+    let wide = config(40, "wide.toml");
+    ok(&["train", "--config", &wide, "--out", out, "--quiet"]);
+    let metrics = std::fs::read_to_string(dir.path().join("run/metrics.jsonl")).unwrap();
+    let eval: serde_json::Value = metrics
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["kind"] == "eval")
+        .unwrap();
+    let nll = eval["nll_nats"].as_f64().unwrap();
+    assert!((100.0..160.0).contains(&nll), "validation NLL {nll}");
+    // The run records where it started; a resume takes `latest` and ignores it.
+    let saved = std::fs::read_to_string(dir.path().join("run/config.toml")).unwrap();
+    assert!(saved.contains("init_from = ") && saved.contains("narrow.safetensors"));
+    std::fs::remove_file(&narrow).unwrap();
+    ok(&["train", "--out", out, "--resume", "--steps", "3", "--quiet"]);
+    // Starting anew from it: a missing file, and a model wider than the config, refused.
+    let fresh = dir.path().join("fresh");
+    let fresh = fresh.to_str().unwrap();
+    let err = fails(&["train", "--config", &wide, "--out", fresh, "--quiet"]);
+    assert!(err.contains("narrow.safetensors"), "{err}");
+    std::fs::copy("models/mnist-nondoubling-damage-demo.safetensors", &narrow).unwrap();
+    let err = fails(&[
+        "train",
+        "--config",
+        &config(16, "narrower.toml"),
+        "--out",
+        fresh,
+        "--quiet",
+    ]);
+    assert!(
+        err.contains("train.init_from") && err.contains("can only be widened"),
+        "{err}"
+    );
+}

@@ -24,6 +24,11 @@ pub struct TrainArgs {
     /// Override the data file/directory of the config.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// Start from the weights of this checkpoint (`train.init_from`): the same
+    /// architecture, or a narrower one (smaller z_dim or hidden), widened so that it
+    /// computes what it did.
+    #[arg(long, conflicts_with = "resume")]
+    pub init_from: Option<PathBuf>,
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
@@ -53,6 +58,9 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
     if let Some(p) = a.precision {
         cfg.train.precision = p;
     }
+    if let Some(p) = a.init_from {
+        cfg.train.init_from = Some(p);
+    }
     let out = a
         .out
         .unwrap_or_else(|| PathBuf::from("runs").join(&cfg.name));
@@ -74,6 +82,9 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
             cfg.train.steps,
             out.display()
         );
+        if let (Some(from), false) = (&cfg.train.init_from, a.resume) {
+            eprintln!("starting from the weights of `{}`", from.display());
+        }
     }
     let opts = TrainOptions {
         out: out.clone(),

@@ -8,6 +8,7 @@
 //! of channels of every cell's state; `hidden` the update network's width.
 pub mod deconv;
 pub mod nca;
+pub mod widen;
 
 use crate::config::{DecoderKind, EncoderInput, LikelihoodKind, ModelConfig, UpdateNetKind};
 use crate::likelihood::{bernoulli, logistic_mixture};

@@ -246,6 +246,9 @@ impl Run {
             }
             saved.state
         } else {
+            if let Some(path) = &t.init_from {
+                init_from(&model, path, cfg)?;
+            }
             TrainState {
                 step: 0,
                 noise: Noise::new(t.seed.wrapping_add(1)),
@@ -407,6 +410,16 @@ impl Run {
 /// A process killed while writing a checkpoint leaves its hidden temporary file
 /// (`.NAME.tmp-PID`, see checkpoint::write_atomic); the next run in the directory
 /// removes them. Nothing else writes into a run directory while it trains.
+/// `train.init_from`: the weights of a checkpoint, widened when it is narrower. A file
+/// without a stored config is taken to hold this run's architecture.
+fn init_from(model: &Vnca, path: &Path, cfg: &Config) -> anyhow::Result<()> {
+    let ck = Loaded::read(path)?;
+    let assumed = ck.meta.config.is_none().then(|| cfg.clone());
+    let (narrow, _) = crate::restore::load_checkpoint(ck, assumed, model.device())?;
+    crate::model::widen::widen_into(&narrow, model)
+        .with_context(|| format!("train.init_from `{}`", path.display()))
+}
+
 fn remove_stale_temporaries(out: &Path) {
     let Ok(entries) = std::fs::read_dir(out) else {
         return;
