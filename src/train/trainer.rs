@@ -407,9 +407,6 @@ impl Run {
     }
 }
 
-/// A process killed while writing a checkpoint leaves its hidden temporary file
-/// (`.NAME.tmp-PID`, see checkpoint::write_atomic); the next run in the directory
-/// removes them. Nothing else writes into a run directory while it trains.
 /// `train.init_from`: the weights of a checkpoint, widened when it is narrower. A file
 /// without a stored config is taken to hold this run's architecture.
 fn init_from(model: &Vnca, path: &Path, cfg: &Config) -> anyhow::Result<()> {
@@ -420,6 +417,9 @@ fn init_from(model: &Vnca, path: &Path, cfg: &Config) -> anyhow::Result<()> {
         .with_context(|| format!("train.init_from `{}`", path.display()))
 }
 
+/// A process killed while writing a checkpoint leaves its hidden temporary file
+/// (`.NAME.tmp-PID`, see checkpoint::write_atomic); the next run in the directory
+/// removes them. Nothing else writes into a run directory while it trains.
 fn remove_stale_temporaries(out: &Path) {
     let Ok(entries) = std::fs::read_dir(out) else {
         return;
