@@ -484,12 +484,16 @@ fn train_init_from_starts_from_a_trained_model_and_widens_a_narrower_one() {
     assert!(saved.contains("init_from = ") && saved.contains("narrow.safetensors"));
     std::fs::remove_file(&narrow).unwrap();
     ok(&["train", "--out", out, "--resume", "--steps", "3", "--quiet"]);
-    // Starting anew from it: a missing file, and a model wider than the config, refused.
+    // Starting anew: a missing file (the config's, or --init-from's in its place) and a
+    // model wider than the config are refused.
     let fresh = dir.path().join("fresh");
     let fresh = fresh.to_str().unwrap();
     let err = fails(&["train", "--config", &wide, "--out", fresh, "--quiet"]);
     assert!(err.contains("narrow.safetensors"), "{err}");
     std::fs::copy("models/mnist-nondoubling-damage-demo.safetensors", &narrow).unwrap();
+    let missing = ["--init-from", "/nonexistent/w.safetensors"];
+    let err = fails(&[&["train", "--config", &wide, "--out", fresh][..], &missing].concat());
+    assert!(err.contains("/nonexistent/w.safetensors"), "{err}");
     let err = fails(&[
         "train",
         "--config",
