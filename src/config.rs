@@ -228,6 +228,13 @@ pub struct TrainConfig {
     /// paper, whose lr is constant; `lr_at`).
     #[serde(default)]
     pub lr_decay: Option<LrDecay>,
+    /// Raise the learning rate along a straight line from `lr / lr_warmup` at update 1
+    /// to the schedule's rate at update `lr_warmup` (0: none, as the paper). For a run
+    /// that starts trained weights with fresh Adam moments (`init_from`): Adam's first
+    /// updates move every weight by about `lr` whatever its gradient, which undoes some
+    /// of the training before the moments settle.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub lr_warmup: u64,
     /// Seed of every random stream (init, data order, noise).
     #[serde(default)]
     pub seed: u64,
@@ -237,6 +244,10 @@ pub struct TrainConfig {
     /// so that it computes what it did (src/model/widen.rs). A resumed run ignores it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_from: Option<PathBuf>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn default_n_residual() -> usize {
@@ -594,9 +605,15 @@ impl DataConfig {
 }
 
 impl TrainConfig {
-    /// The learning rate of update `step` (counted from 1).
+    /// The learning rate of update `step` (counted from 1): the warm-up's fraction of
+    /// the decay schedule's rate.
     pub fn lr_at(&self, step: u64) -> f64 {
-        match &self.lr_decay {
+        let warmup = if step < self.lr_warmup {
+            step.max(1) as f64 / self.lr_warmup as f64
+        } else {
+            1.0
+        };
+        let scheduled = match &self.lr_decay {
             None => self.lr,
             Some(d) if step <= d.start => self.lr,
             Some(d) if step >= d.end => d.final_lr,
@@ -604,7 +621,8 @@ impl TrainConfig {
                 let done = (step - d.start) as f64 / (d.end - d.start) as f64;
                 self.lr + (d.final_lr - self.lr) * done
             }
-        }
+        };
+        warmup * scheduled
     }
 
     fn validate(&self) -> Invalid {
@@ -743,6 +761,30 @@ mod tests {
         for (got, want) in lrs.iter().zip(want) {
             assert!((got - want).abs() < 1e-12, "{lrs:?}");
         }
+    }
+
+    #[test]
+    fn lr_warmup_ramps_up_to_the_schedule_and_is_left_out_of_the_toml_when_off() {
+        let mut t = Config::preset("tiny-test").unwrap().train;
+        t.lr = 1e-3;
+        t.lr_warmup = 4;
+        t.lr_decay = Some(LrDecay {
+            start: 2,
+            end: 6,
+            final_lr: 2e-4,
+        });
+        let lrs: Vec<f64> = [1, 2, 3, 4, 5, 6, 9].map(|s| t.lr_at(s)).into();
+        // warm-up fraction 1/4, 2/4, 3/4, then 1, times 1e-3, 1e-3, 8e-4, 6e-4, 4e-4, 2e-4
+        let want = [2.5e-4, 5e-4, 6e-4, 6e-4, 4e-4, 2e-4, 2e-4];
+        for (got, want) in lrs.iter().zip(want) {
+            assert!((got - want).abs() < 1e-12, "{lrs:?}");
+        }
+        let mut c = Config::preset("tiny-test").unwrap();
+        assert!(!c.to_toml().contains("lr_warmup"), "off: not written");
+        c.train.lr_warmup = 300;
+        let text = c.to_toml();
+        assert!(text.contains("lr_warmup = 300"), "{text}");
+        assert_eq!(Config::from_toml_str(&text, "x.toml").unwrap(), c);
     }
 
     #[test]
