@@ -746,39 +746,41 @@ mod tests {
         assert!(!e.chars().any(breaks_line), "{e:?}");
     }
 
-    #[test]
-    fn lr_decay_is_constant_then_a_straight_line_then_constant() {
+    /// The tiny preset's training config at lr 1e-3, decayed to 2e-4 over `start..end`.
+    fn decaying_from_1e3(start: u64, end: u64) -> TrainConfig {
         let mut t = Config::preset("tiny-test").unwrap().train;
         t.lr = 1e-3;
-        assert_eq!(t.lr_at(7), 1e-3, "no decay: the constant lr");
         t.lr_decay = Some(LrDecay {
-            start: 10,
-            end: 20,
+            start,
+            end,
             final_lr: 2e-4,
         });
-        let lrs: Vec<f64> = [1, 10, 11, 15, 19, 20, 500].map(|s| t.lr_at(s)).into();
-        let want = [1e-3, 1e-3, 9.2e-4, 6e-4, 2.8e-4, 2e-4, 2e-4];
+        t
+    }
+
+    fn assert_lrs(t: &TrainConfig, steps: &[u64], want: &[f64]) {
+        let lrs: Vec<f64> = steps.iter().map(|&s| t.lr_at(s)).collect();
         for (got, want) in lrs.iter().zip(want) {
-            assert!((got - want).abs() < 1e-12, "{lrs:?}");
+            assert!((got - want).abs() < 1e-12, "{lrs:?}, want {want:?}");
         }
     }
 
     #[test]
+    fn lr_decay_is_constant_then_a_straight_line_then_constant() {
+        let mut t = decaying_from_1e3(10, 20);
+        let steps = [1, 10, 11, 15, 19, 20, 500];
+        assert_lrs(&t, &steps, &[1e-3, 1e-3, 9.2e-4, 6e-4, 2.8e-4, 2e-4, 2e-4]);
+        t.lr_decay = None;
+        assert_lrs(&t, &steps, &[1e-3; 7]);
+    }
+
+    #[test]
     fn lr_warmup_ramps_up_to_the_schedule_and_is_left_out_of_the_toml_when_off() {
-        let mut t = Config::preset("tiny-test").unwrap().train;
-        t.lr = 1e-3;
+        let mut t = decaying_from_1e3(2, 6);
         t.lr_warmup = 4;
-        t.lr_decay = Some(LrDecay {
-            start: 2,
-            end: 6,
-            final_lr: 2e-4,
-        });
-        let lrs: Vec<f64> = [1, 2, 3, 4, 5, 6, 9].map(|s| t.lr_at(s)).into();
         // warm-up fraction 1/4, 2/4, 3/4, then 1, times 1e-3, 1e-3, 8e-4, 6e-4, 4e-4, 2e-4
         let want = [2.5e-4, 5e-4, 6e-4, 6e-4, 4e-4, 2e-4, 2e-4];
-        for (got, want) in lrs.iter().zip(want) {
-            assert!((got - want).abs() < 1e-12, "{lrs:?}");
-        }
+        assert_lrs(&t, &[1, 2, 3, 4, 5, 6, 9], &want);
         let mut c = Config::preset("tiny-test").unwrap();
         assert!(!c.to_toml().contains("lr_warmup"), "off: not written");
         c.train.lr_warmup = 300;
