@@ -229,10 +229,10 @@ pub struct TrainConfig {
     #[serde(default)]
     pub lr_decay: Option<LrDecay>,
     /// Raise the learning rate along a straight line from `lr / lr_warmup` at update 1
-    /// to the schedule's rate at update `lr_warmup` (0: none, as the paper). For a run
-    /// that starts trained weights with fresh Adam moments (`init_from`): Adam's first
-    /// updates move every weight by about `lr` whatever its gradient, which undoes some
-    /// of the training before the moments settle.
+    /// to the schedule's rate at update `lr_warmup` (0: none, as the paper). Meant for a
+    /// run that starts trained weights with fresh Adam moments (`init_from`), whose
+    /// first updates move every weight by about `lr` whatever its gradient; measured, it
+    /// did not spare such a start its rise in loss (docs/EXPERIMENTS.md).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub lr_warmup: u64,
     /// Seed of every random stream (init, data order, noise).
@@ -778,7 +778,8 @@ mod tests {
     fn lr_warmup_ramps_up_to_the_schedule_and_is_left_out_of_the_toml_when_off() {
         let mut t = decaying_from_1e3(2, 6);
         t.lr_warmup = 4;
-        // warm-up fraction 1/4, 2/4, 3/4, then 1, times 1e-3, 1e-3, 8e-4, 6e-4, 4e-4, 2e-4
+        // warm-up fractions 1/4, 2/4, 3/4, 1, 1, 1, 1 of the decay's 1e-3, 1e-3, 8e-4, 6e-4,
+        // 4e-4, 2e-4, 2e-4
         let want = [2.5e-4, 5e-4, 6e-4, 6e-4, 4e-4, 2e-4, 2e-4];
         assert_lrs(&t, &[1, 2, 3, 4, 5, 6, 9], &want);
         let mut c = Config::preset("tiny-test").unwrap();
