@@ -315,16 +315,17 @@ fn mirror(
 
 /// Update net fwd+bwd over a [B, Z, 32, 32] state: GFLOP/s, counted from the shapes.
 fn hot_loop(model: &Vnca, o: &BenchOptions) -> f64 {
-    let (z, h) = (model.cfg.z_dim, model.cfg.hidden);
+    let z = model.cfg.z_dim;
+    let update_net = &model.nca().update_net;
     let cells = (o.batch * 32 * 32) as f64;
-    let fwd_per_cell = 2.0 * (z * h * 9 + 2 * model.cfg.n_residual as i64 * h * h + h * z) as f64;
+    let fwd_per_cell = 2.0 * update_net.macs_per_cell() as f64;
     let flops = 3.0 * fwd_per_cell * cells; // backward = 2x forward (input and weight grads)
     let state =
         Tensor::randn([o.batch, z, 32, 32], (Kind::Float, o.device)).set_requires_grad(true);
     let mut times = Vec::new();
     for i in 0..o.warmup + o.repeats {
         let t0 = Instant::now();
-        let out = model.nca().update_net.forward(&state);
+        let out = update_net.forward(&state);
         out.sum(Kind::Float).backward();
         sync(o.device);
         if i >= o.warmup {

@@ -339,7 +339,7 @@ fn binarize_command_reproduces_the_shipped_file() {
 /// the PyTorch mirror, which cannot load it. Structure only: speed is never asserted.
 #[test]
 fn bench_measures_a_checkpoint_under_its_own_config() {
-    let ck = "models/mnist-nondoubling-damage-demo.safetensors";
+    let ck = "models/mnist-nondoubling-damage-h128.safetensors";
     let args = [
         "bench",
         "--checkpoint",
@@ -367,7 +367,7 @@ fn bench_measures_a_checkpoint_under_its_own_config() {
         let report: serde_json::Value = serde_json::from_str(&ok(&all)).unwrap();
         assert_eq!(
             report["preset"],
-            format!("mnist-nondoubling-damage-demo ({ck})"),
+            format!("mnist-nondoubling-damage-h128 ({ck})"),
             "{report}"
         );
         assert_eq!(report["train_step_ours"]["n"], 1, "{report}");
@@ -389,7 +389,7 @@ fn damage_eval_writes_one_line_per_image() {
         let table = ok(&[
             "damage-eval",
             "--checkpoint",
-            "models/mnist-nondoubling-damage-demo.safetensors",
+            "models/mnist-nondoubling-damage-h128.safetensors",
             "--n",
             "6",
             "--batch",
@@ -448,12 +448,15 @@ fn damage_eval_writes_one_line_per_image() {
     assert_eq!(only32, without_1);
 }
 
+/// The narrow damage model the shipped one was widened from (`checkpoints/README.md`).
+const NARROW_DAMAGE_MODEL: &str = "checkpoints/mnist-nondoubling-damage-demo/latest.safetensors";
+
 #[test]
 fn train_init_from_starts_from_a_trained_model_and_widens_a_narrower_one() {
     let dir = tempfile::tempdir().unwrap();
     let narrow = dir.path().join("narrow.safetensors");
-    std::fs::copy("models/mnist-nondoubling-damage-demo.safetensors", &narrow).unwrap();
-    // The shipped damage model (Z = hidden = 32) under a config 8 wider, a few tiny
+    std::fs::copy(NARROW_DAMAGE_MODEL, &narrow).unwrap();
+    // The damage demo run (Z = hidden = 32, with its Adam state) under a config 8 wider, a few tiny
     // updates at a negligible learning rate: the validation NLL is the trained model's
     // (about 128 nats on these images), not a fresh model's (over 500).
     let config = |z_dim: i64, name: &str| {
@@ -490,7 +493,7 @@ fn train_init_from_starts_from_a_trained_model_and_widens_a_narrower_one() {
     let fresh = fresh.to_str().unwrap();
     let err = fails(&["train", "--config", &wide, "--out", fresh, "--quiet"]);
     assert!(err.contains("narrow.safetensors"), "{err}");
-    std::fs::copy("models/mnist-nondoubling-damage-demo.safetensors", &narrow).unwrap();
+    std::fs::copy(NARROW_DAMAGE_MODEL, &narrow).unwrap();
     let missing = ["--init-from", "/nonexistent/w.safetensors"];
     let err = fails(&[&["train", "--config", &wide, "--out", fresh][..], &missing].concat());
     assert!(err.contains("/nonexistent/w.safetensors"), "{err}");

@@ -185,6 +185,22 @@ fn paper_presets_have_the_reference_parameter_counts() {
     assert_eq!(vars["encoder.0.weight"].size(), [32, 1, 5, 5]);
 }
 
+/// The update net's multiply-adds per cell (the FLOPs `vnca bench` divides by), written out
+/// by hand for both kinds: the simple net has no residual blocks, whatever `n_residual` says.
+#[test]
+fn update_net_multiply_adds_per_cell_follow_its_kind() {
+    for (preset, macs) in [
+        // 3x3 conv 256 -> 256, 4 blocks of two 1x1 convs 256 -> 256, 1x1 conv 256 -> 256.
+        ("mnist-doubling", 256 * 9 * 256 + 8 * 256 * 256 + 256 * 256),
+        // 3x3 conv 32 -> 128, 1x1 conv 128 -> 32.
+        ("mnist-nondoubling-damage-h128", 32 * 9 * 128 + 128 * 32),
+    ] {
+        let cfg = Config::preset(preset).unwrap();
+        let model = Vnca::new(&cfg.model, Device::Cpu, 0);
+        assert_eq!(model.nca().update_net.macs_per_cell(), macs, "{preset}");
+    }
+}
+
 #[test]
 fn paper_preset_has_the_reference_parameter_count() {
     let cfg = Config::preset("mnist-doubling").unwrap();

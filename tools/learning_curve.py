@@ -6,8 +6,12 @@ excluded) times the intra-op threads the run used (--threads), up to each evalua
 a machine shared with other work this overstates the CPU time the run itself got.
 
 Usage: tools/learning_curve.py RUN_DIR [--threads N] [--from STEP:N ...] [--every K]
+                                       [--base STEP:HOURS]
   --threads N: CPU threads in all (threads x ranks) from the first step; --from STEP:N:
   N of them from update STEP on (a run resumed with other threads or ranks);
+  --base STEP:HOURS: the run started (`train.init_from`) from a model that had taken
+  STEP updates and HOURS CPU-hours; both are added to the rows, so the table goes on
+  from that model's own;
   prints a Markdown table: updates, CPU-hours, validation NLL (the run's own bound and
   images, as logged), one row every K evaluations and the last one.
 """
@@ -25,6 +29,15 @@ def step_threads(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not STEP:N (e.g. 1000:2)")
 
 
+def step_hours(text):
+    """`STEP:HOURS` -> (STEP, HOURS)."""
+    try:
+        step, hours = text.split(":")
+        return int(step), float(hours)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not STEP:HOURS (e.g. 56500:17.64)")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
@@ -32,6 +45,8 @@ def main():
     ap.add_argument("--from", dest="changes", action="append", default=[], type=step_threads,
                     metavar="STEP:N", help="N threads in all from update STEP on")
     ap.add_argument("--every", type=int, default=1)
+    ap.add_argument("--base", type=step_hours, default=(0, 0.0), metavar="STEP:HOURS",
+                    help="updates and CPU-hours of the model the run started from")
     a = ap.parse_args()
     changes = sorted(a.changes)
     cpu_seconds, rows = 0.0, []
@@ -52,8 +67,9 @@ def main():
     keep = [r for i, r in enumerate(rows) if i % a.every == a.every - 1 or i == len(rows) - 1]
     print(f"| updates | CPU-hours (wall clock x threads) | validation NLL (IWAE-{rows[0][4]}, first {rows[0][5]} images) |")
     print("|---|---|---|")
+    base_step, base_hours = a.base
     for step, hours, nll, se, _, _ in keep:
-        print(f"| {step:,} | {hours:.2f} | {nll:.2f} ± {se:.2f} |")
+        print(f"| {base_step + step:,} | {base_hours + hours:.2f} | {nll:.2f} ± {se:.2f} |")
 
 
 if __name__ == "__main__":

@@ -215,13 +215,24 @@ impl UpdateNet {
         }
     }
 
+    /// The convolutions in the order they run.
+    fn convs(&self) -> impl Iterator<Item = &nn::Conv2D> {
+        std::iter::once(&self.perceive)
+            .chain(self.blocks.iter().flat_map(|(a, b)| [a, b]))
+            .chain(std::iter::once(&self.out))
+    }
+
+    /// Multiply-adds per cell of one forward pass, counted from the weights: every
+    /// convolution has stride 1 and keeps the grid, so each weight is used once per cell
+    /// (biases and the ELUs left out). What `vnca bench` divides its hot loop's time by.
+    pub fn macs_per_cell(&self) -> i64 {
+        self.convs().map(|c| c.ws.numel() as i64).sum()
+    }
+
     /// Every weight and bias, in a fixed order (for the recomputing backward pass, which
     /// asks autograd for their gradients step by step).
     pub fn parameters(&self) -> Vec<Tensor> {
-        let convs = std::iter::once(&self.perceive)
-            .chain(self.blocks.iter().flat_map(|(a, b)| [a, b]))
-            .chain(std::iter::once(&self.out));
-        convs
+        self.convs()
             .flat_map(|c| {
                 std::iter::once(c.ws.shallow_clone())
                     .chain(c.bs.as_ref().map(Tensor::shallow_clone))
