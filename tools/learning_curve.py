@@ -20,32 +20,25 @@ import json
 import os
 
 
-def step_threads(text):
-    """`STEP:N` -> (STEP, N)."""
-    try:
-        step, n = text.split(":")
-        return int(step), int(n)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not STEP:N (e.g. 1000:2)")
-
-
-def step_hours(text):
-    """`STEP:HOURS` -> (STEP, HOURS)."""
-    try:
-        step, hours = text.split(":")
-        return int(step), float(hours)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not STEP:HOURS (e.g. 56500:17.64)")
+def step_and(value_type, name, example):
+    """A parser of `STEP:VALUE` -> (STEP, VALUE), for argparse's `type=`."""
+    def parse(text):
+        try:
+            step, value = text.split(":")
+            return int(step), value_type(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not STEP:{name} (e.g. {example})")
+    return parse
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("run")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--from", dest="changes", action="append", default=[], type=step_threads,
+    ap.add_argument("--from", dest="changes", action="append", default=[], type=step_and(int, "N", "1000:2"),
                     metavar="STEP:N", help="N threads in all from update STEP on")
     ap.add_argument("--every", type=int, default=1)
-    ap.add_argument("--base", type=step_hours, default=(0, 0.0), metavar="STEP:HOURS",
+    ap.add_argument("--base", type=step_and(float, "HOURS", "56500:17.64"), default=(0, 0.0), metavar="STEP:HOURS",
                     help="updates and CPU-hours of the model the run started from")
     a = ap.parse_args()
     changes = sorted(a.changes)
