@@ -456,9 +456,9 @@ fn train_init_from_starts_from_a_trained_model_and_widens_a_narrower_one() {
     let dir = tempfile::tempdir().unwrap();
     let narrow = dir.path().join("narrow.safetensors");
     std::fs::copy(NARROW_DAMAGE_MODEL, &narrow).unwrap();
-    // The damage demo run (Z = hidden = 32, with its Adam state) under a config 8 wider, a few tiny
-    // updates at a negligible learning rate: the validation NLL is the trained model's
-    // (about 128 nats on these images), not a fresh model's (over 500).
+    // The damage demo run (Z = hidden = 32, with its Adam state) under a config 8 wider,
+    // a few tiny updates at a negligible learning rate: the validation NLL is the trained
+    // model's (about 128 nats on these images), not a fresh model's (over 500).
     let config = |z_dim: i64, name: &str| {
         let mut cfg = vnca::config::Config::preset("mnist-nondoubling-damage-demo").unwrap();
         (cfg.model.z_dim, cfg.model.hidden) = (z_dim, z_dim);
