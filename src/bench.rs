@@ -313,7 +313,8 @@ fn mirror(
     run_child(cmd, &format!("mirror {what}"))
 }
 
-/// Update net fwd+bwd over a [B, Z, 32, 32] state: GFLOP/s, counted from the shapes.
+/// Update net fwd+bwd over a [B, Z, 32, 32] state: GFLOP/s, the FLOPs counted from the
+/// update net's weights (`UpdateNet::macs_per_cell`).
 fn hot_loop(model: &Vnca, o: &BenchOptions) -> f64 {
     let z = model.cfg.z_dim;
     let update_net = &model.nca().update_net;
