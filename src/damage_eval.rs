@@ -172,6 +172,12 @@ mod tests {
             .iter()
             .all(|s| s.log_px_nats < 0.0 && s.stderr >= 0.0));
         assert!(table(&r).contains("| recovered | 3 |"));
+        // Side 0 erases nothing and draws the same: "damaged" is "grown", image by image,
+        // and the later stages are those of the same run without damage.
+        let none = damage_eval(&model, &split, 5, 0, &[3, 1], 2, 0);
+        assert_eq!(none.stages[1].per_image, none.stages[0].per_image);
+        assert_eq!(none.stages[0].per_image, r.stages[0].per_image);
+        assert_ne!(none.stages[1].per_image, r.stages[1].per_image);
         for s in &r.stages {
             assert_eq!(s.per_image.len(), 5);
             let mean = s.per_image.iter().sum::<f64>() / 5.0;

@@ -61,6 +61,24 @@ impl Split {
         self.len() == 0
     }
 
+    /// The split without its first `first` images (a long evaluation run in parts:
+    /// `vnca eval --skip`). The name says where it starts, e.g. `test[500..]`.
+    pub fn skip(&self, first: usize) -> anyhow::Result<Split> {
+        let n = self.len();
+        anyhow::ensure!(
+            (first as i64) < n,
+            "--skip {first}: the {} split has only {n} images",
+            self.name
+        );
+        let first = first as i64;
+        Ok(Split {
+            name: format!("{}[{first}..]", self.name),
+            images: self.images.narrow(0, first, n - first),
+            labels: self.labels.as_ref().map(|l| l.narrow(0, first, n - first)),
+            levels: self.levels,
+        })
+    }
+
     /// Images `idx` as f32, zero-padded to `size` x `size`, on `device`: [B, 1, size, size].
     pub fn batch(&self, idx: &[i64], size: i64, device: Device) -> Tensor {
         let sel = self.images.index_select(0, &Tensor::from_slice(idx));
@@ -280,6 +298,30 @@ impl EpochSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn skip_keeps_the_images_and_labels_after_the_first_n() {
+        let set = ImageSet {
+            images: (0..5 * 4).map(|i| (i / 4) as u8).collect(), // image k is all k
+            labels: Some(vec![10, 11, 12, 13, 14]),
+            rows: 2,
+            cols: 2,
+        };
+        let split = Split::from_image_set("test", &set);
+        let rest = split.skip(3).unwrap();
+        assert_eq!(rest.name, "test[3..]");
+        assert_eq!(rest.len(), 2);
+        assert_eq!(
+            Vec::<u8>::try_from(rest.images.flatten(0, -1)).unwrap(),
+            [3, 3, 3, 3, 4, 4, 4, 4]
+        );
+        assert_eq!(
+            Vec::<u8>::try_from(rest.labels.as_ref().unwrap()).unwrap(),
+            [13, 14]
+        );
+        let err = split.skip(5).err().unwrap().to_string();
+        assert_eq!(err, "--skip 5: the test split has only 5 images");
+    }
 
     #[test]
     fn sampler_visits_everything_once_per_pass_and_resumes() {

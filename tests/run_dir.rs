@@ -178,7 +178,7 @@ fn a_second_run_into_a_directory_in_use_refuses_and_a_killed_runs_lock_does_not_
 }
 
 #[test]
-fn eval_prints_several_bounds_and_writes_one_line_per_image() {
+fn eval_prints_several_bounds_writes_one_line_per_image_and_runs_in_parts() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("run");
     let train = vnca()
@@ -283,4 +283,43 @@ fn eval_prints_several_bounds_and_writes_one_line_per_image() {
         "{a}"
     );
     assert_eq!(v["n_images"], 4);
+
+    // --skip: a long evaluation in parts. Images 2-3 evaluated on their own are the rows
+    // 2-3 of the whole run (posterior mean: no noise; one image per batch either way).
+    let rows_of = |extra: &[&str]| -> Vec<String> {
+        let csv = dir.path().join("part.csv");
+        let o = vnca()
+            .args(["eval", "--posterior-mean", "--batch", "1", "--per-example"])
+            .arg(&csv)
+            .args(extra)
+            .arg("--checkpoint")
+            .arg(out.join("latest.safetensors"))
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let text = std::fs::read_to_string(&csv).unwrap();
+        text.lines().skip(1).map(str::to_string).collect()
+    };
+    let whole = rows_of(&["--limit", "4"]);
+    let part = rows_of(&["--skip", "2", "--limit", "2"]);
+    assert_eq!(part, whole[2..4], "indices count from the split's start");
+    assert!(part[0].starts_with("2,"), "{part:?}");
+    let o = vnca()
+        .args([
+            "eval",
+            "--posterior-mean",
+            "--skip",
+            "10000",
+            "--checkpoint",
+        ])
+        .arg(out.join("latest.safetensors"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.trim_end()
+            .ends_with("error: --skip 10000: the test split has only 10000 images"),
+        "{err}"
+    );
 }

@@ -25,7 +25,13 @@ pub struct EvalArgs {
     /// the bound tightens (each K is a separate pass with the same seed).
     #[arg(long, value_delimiter = ',', default_value = "128")]
     pub iw_samples: Vec<i64>,
-    /// Evaluate only the first N images.
+    /// Start at image N of the split (0-based): a long evaluation run in parts, e.g.
+    /// `--limit 500` then `--skip 500 --limit 500`. Each part draws its own noise from
+    /// `--seed`, so the parts are not the draws of one whole run (the same distribution);
+    /// `--per-example` indices count from the split's start.
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
+    /// Evaluate only the first N images (after --skip).
     #[arg(long)]
     pub limit: Option<usize>,
     /// Images per batch (each decodes iw_samples seeds).
@@ -60,7 +66,9 @@ pub struct DamageEvalArgs {
     /// Images evaluated (the first N of the split).
     #[arg(long, default_value_t = 256)]
     pub n: usize,
-    /// Side of the erased square (default: half the image side: 14 for MNIST 28x28).
+    /// Side of the erased square (default: half the image side: 14 for MNIST 28x28). 0
+    /// erases nothing: the same draws and steps without damage, how well a grown image
+    /// persists (the baseline of the recovery figures).
     #[arg(long)]
     pub damage_size: Option<i64>,
     /// Recovery step counts at which to score, comma-separated.
@@ -91,6 +99,10 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
             }
             dataset::load_split(&cfg, &a.split)?
         }
+    };
+    let split = match a.skip {
+        0 => split,
+        first => split.skip(first)?,
     };
     anyhow::ensure!(
         a.iw_samples.iter().all(|&k| k >= 1),
@@ -124,7 +136,7 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
                 .per_image
                 .iter()
                 .enumerate()
-                .map(|(i, (lp, kl))| format!("{i},{},{lp},{kl}", labels[i]));
+                .map(|(i, (lp, kl))| format!("{},{},{lp},{kl}", i + a.skip, labels[i]));
             write_csv(path, "index,label,log_px_given_mu,kl", rows)?;
         }
         if a.json {
@@ -163,7 +175,7 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
             .join(",");
         let rows = (0..n as usize).map(|i| {
             let values: Vec<String> = columns.iter().map(|c| c[i].to_string()).collect();
-            format!("{i},{},{}", labels[i], values.join(","))
+            format!("{},{},{}", i + a.skip, labels[i], values.join(","))
         });
         write_csv(path, &header, rows)?;
     }
@@ -226,8 +238,8 @@ pub(super) fn cmd_damage_eval(a: DamageEvalArgs, device: tch::Device) -> anyhow:
     let split = dataset::load_split(&cfg, &a.split)?;
     let side = a.damage_size.unwrap_or(cfg.model.image_size / 2);
     anyhow::ensure!(
-        side >= 1 && side <= cfg.model.image_size,
-        "--damage-size {side} must be in 1..={}",
+        side >= 0 && side <= cfg.model.image_size,
+        "--damage-size {side} must be in 0..={}",
         cfg.model.image_size
     );
     let r = crate::damage_eval::damage_eval(&model, &split, a.n, side, &a.steps, a.batch, a.seed);
