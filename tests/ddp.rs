@@ -452,6 +452,35 @@ fn torchrun_launches_a_training_job() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Every rank that fails says so on a line of its own, even when the ranks write to one
+/// pipe at the same moment (torchrun's stderr; started from a directory without the
+/// preset's relative data path, both fail at once). A line written in pieces came out as
+/// `error: error: `data/...`: No such file ... `data/...`: No such file ...`.
+#[test]
+fn ranks_failing_at_once_print_whole_error_lines() {
+    let _serial = serial();
+    let dir = tmp("both-fail");
+    std::fs::create_dir_all(&dir).unwrap();
+    let o = torchrun(2)
+        .current_dir(&dir)
+        .args(["train", "--preset", "tiny-test", "--quiet", "--out", "run"])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error: ")).collect();
+    assert_eq!(errors.len(), 2, "one line per rank: {stderr}");
+    for line in errors {
+        assert!(
+            line.starts_with("error: `data/binarized_mnist.vbm.gz`: No such file")
+                && line.matches("error: ").count() == 1
+                && line.matches("No such file").count() == 1,
+            "{line}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// Ranks started with different configs refuse to start, each with one error saying so.
 #[test]
 fn ranks_with_different_configs_refuse_to_start() {
