@@ -67,7 +67,7 @@ impl Split {
         let n = self.len();
         anyhow::ensure!(
             (first as i64) < n,
-            "--skip {first}: the {} split has only {n} images",
+            "the {} split has only {n} images",
             self.name
         );
         let first = first as i64;
@@ -320,7 +320,7 @@ mod tests {
             [13, 14]
         );
         let err = split.skip(5).err().unwrap().to_string();
-        assert_eq!(err, "--skip 5: the test split has only 5 images");
+        assert_eq!(err, "the test split has only 5 images");
     }
 
     #[test]

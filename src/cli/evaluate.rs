@@ -5,6 +5,7 @@ use crate::dataset;
 use crate::eval;
 use crate::noise::Noise;
 use crate::restore::load_model;
+use anyhow::Context;
 use clap::Args;
 use std::path::PathBuf;
 
@@ -102,7 +103,9 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
     };
     let split = match a.skip {
         0 => split,
-        first => split.skip(first)?,
+        first => split
+            .skip(first)
+            .with_context(|| format!("--skip {first}"))?,
     };
     anyhow::ensure!(
         a.iw_samples.iter().all(|&k| k >= 1),
