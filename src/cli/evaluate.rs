@@ -4,6 +4,7 @@ use crate::data;
 use crate::dataset;
 use crate::eval;
 use crate::noise::Noise;
+use crate::precision::Precision;
 use crate::restore::load_model;
 use anyhow::Context;
 use clap::Args;
@@ -49,6 +50,12 @@ pub struct EvalArgs {
     /// KL(q || p), no sampled z (exact comparisons between implementations or checkpoints).
     #[arg(long)]
     pub posterior_mean: bool,
+    /// fp32 (default; every figure of the README), tf32 or bf16 (autocast around the
+    /// encoder and the update network, src/precision.rs): IWAE-128 ran 2.6x faster in bf16
+    /// on an AMX Xeon (docs/BENCHMARKS.md, lever 8), at the cost of a bound that moves by
+    /// a fraction of a nat per image: a quick look at a checkpoint, not a figure to quote.
+    #[arg(long, value_enum, default_value_t = Precision::Fp32)]
+    pub precision: Precision,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -89,6 +96,7 @@ pub struct DamageEvalArgs {
 
 pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
     let (model, mut cfg) = load_model(&a.checkpoint, a.arch.explicit()?, device)?;
+    a.precision.configure();
     let split = match &a.data {
         Some(p) if p.extension().is_some_and(|e| e == "amat") => {
             let set = data::amat::read_amat(p)?;
@@ -130,8 +138,10 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
 
     if a.posterior_mean {
         let mut noise = Noise::new(a.seed);
-        let r = eval::posterior_mean(&model, &split, &opts, &mut noise, &mut |d| {
-            bar.set_position(d as u64)
+        let r = a.precision.autocast(device, || {
+            eval::posterior_mean(&model, &split, &opts, &mut noise, &mut |d| {
+                bar.set_position(d as u64)
+            })
         });
         bar.finish_and_clear();
         if let Some(path) = &a.per_example {
@@ -147,6 +157,7 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
         } else {
             println!("model        {} ({})", cfg.name, a.checkpoint.display());
             println!("split        {} ({} images)", r.split, r.n_images);
+            print_precision(a.precision);
             println!(
                 "-log p(x|mu) {:.6} nats per image (posterior mean, no sampling)",
                 r.recon_nats
@@ -163,10 +174,11 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
         bar.set_message(format!("IWAE-{k}"));
         let mut noise = Noise::new(a.seed);
         let done = pass as u64 * n;
-        let (report, log_px) =
+        let (report, log_px) = a.precision.autocast(device, || {
             eval::nll_and_per_image(&model, &split, k, &opts, &mut noise, &mut |d| {
                 bar.set_position(done + d as u64)
-            });
+            })
+        });
         reports.push(report);
         columns.push(log_px);
     }
@@ -192,6 +204,7 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
         let r0 = &reports[0];
         println!("model        {} ({})", cfg.name, a.checkpoint.display());
         println!("split        {} ({} images)", r0.split, r0.n_images);
+        print_precision(a.precision);
         for r in &reports {
             println!(
                 "IWAE-{:<7} NLL {:.3} ± {:.3} nats per image (standard error), {:.5} bits/dim over {} pixels, {:.1} s",
@@ -200,6 +213,14 @@ pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Says so when the figures below were not computed in float32 (they are then not the
+/// README's kind of figure).
+fn print_precision(p: Precision) {
+    if p != Precision::Fp32 {
+        println!("precision    {p} (autocast; the float32 bound differs)");
+    }
 }
 
 /// The labels of the first `n` images as CSV fields: empty when the split has none.
