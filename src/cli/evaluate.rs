@@ -51,7 +51,7 @@ pub struct EvalArgs {
     #[arg(long)]
     pub posterior_mean: bool,
     /// fp32 (default; every figure of the README), tf32 or bf16 (autocast around the
-    /// encoder and the update network, src/precision.rs): IWAE-128 ran 2.6x faster in bf16
+    /// encoder and the update network, src/precision.rs): IWAE ran 2.0-2.6x faster in bf16
     /// on an AMX Xeon (docs/BENCHMARKS.md, lever 8), at the cost of a bound that moves by
     /// a fraction of a nat per image: a quick look at a checkpoint, not a figure to quote.
     #[arg(long, value_enum, default_value_t = Precision::Fp32)]
