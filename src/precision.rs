@@ -88,6 +88,36 @@ impl Precision {
     }
 }
 
+/// Whether this CPU has bfloat16 arithmetic of its own: AVX512-BF16, which every x86 CPU
+/// with AMX-BF16 has too. Without it oneDNN emulates bf16 with float32 instructions plus
+/// conversions, and `bf16` runs slower than `fp32`, not faster (docs/BENCHMARKS.md, lever
+/// 8, measured on an AVX2-only AMD EPYC). Other architectures answer false: bf16 was not
+/// measured on them.
+pub fn cpu_has_native_bf16() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bf16")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+impl Precision {
+    /// One warning line when this precision will be slow on `device`: bf16 on a CPU that
+    /// emulates it. A user who sets `train.precision = "bf16"` to go faster on a laptop
+    /// would otherwise get a run many times slower and no hint why.
+    pub fn slowness_warning(self, device: Device) -> Option<String> {
+        (self == Precision::Bf16 && device == Device::Cpu && !cpu_has_native_bf16()).then(|| {
+            "warning: bf16 on a CPU without bfloat16 arithmetic (no avx512_bf16 in `lscpu`): \
+             it is emulated and slower than fp32 (a training step took 10x as long on an \
+             AVX2 AMD EPYC: docs/BENCHMARKS.md, lever 8); --precision fp32 is faster here"
+                .to_string()
+        })
+    }
+}
+
 /// Leaves the autocast region when dropped, also when `f` panics.
 struct AutocastGuard {
     device_type: i32,
@@ -187,6 +217,27 @@ mod tests {
             Precision::Tf32.autocast(Device::Cpu, || conv(&x).kind()),
             Kind::Float
         );
+    }
+
+    /// The detection agrees with the kernel's view of the CPU (`lscpu`'s flags), and only
+    /// bf16 on the CPU warns.
+    #[test]
+    fn bf16_warns_only_on_a_cpu_without_bf16_arithmetic() {
+        #[cfg(all(target_arch = "x86_64", target_os = "linux"))]
+        {
+            let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap();
+            let flags = cpuinfo.lines().find(|l| l.starts_with("flags")).unwrap();
+            let listed = flags.split_whitespace().any(|f| f == "avx512_bf16");
+            assert_eq!(cpu_has_native_bf16(), listed, "{flags}");
+        }
+        let cpu = Precision::Bf16.slowness_warning(Device::Cpu);
+        assert_eq!(cpu.is_some(), !cpu_has_native_bf16());
+        if let Some(w) = cpu {
+            assert!(w.starts_with("warning: bf16") && w.contains("fp32"), "{w}");
+        }
+        assert_eq!(Precision::Bf16.slowness_warning(Device::Cuda(0)), None);
+        assert_eq!(Precision::Fp32.slowness_warning(Device::Cpu), None);
+        assert_eq!(Precision::Tf32.slowness_warning(Device::Cpu), None);
     }
 
     #[test]

@@ -265,7 +265,7 @@ fn eval_in_bf16_stays_near_float32() {
     let dir = tempfile::tempdir().unwrap();
     let run = |precision: &str| {
         let csv = dir.path().join(format!("{precision}.csv"));
-        let out = ok(&[
+        let args = [
             "eval",
             "--checkpoint",
             "models/mnist-nondoubling-damage-h128.safetensors",
@@ -277,7 +277,11 @@ fn eval_in_bf16_stays_near_float32() {
             precision,
             "--per-example",
             csv.to_str().unwrap(),
-        ]);
+        ];
+        let out = vnca(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(out.status.success(), "vnca {args:?} failed:\n{stderr}");
+        let out = String::from_utf8(out.stdout).unwrap() + &stderr;
         let text = std::fs::read_to_string(&csv).unwrap();
         let log_px: Vec<f64> = text
             .lines()
@@ -290,6 +294,13 @@ fn eval_in_bf16_stays_near_float32() {
     let (out16, bf16) = run("bf16");
     assert!(!out32.contains("precision"), "{out32}");
     assert!(out16.contains("precision    bf16"), "{out16}");
+    // A CPU that emulates bf16 gets told that fp32 is faster there.
+    assert!(!out32.contains("warning"), "{out32}");
+    assert_eq!(
+        out16.contains("warning: bf16 on a CPU without bfloat16 arithmetic"),
+        !vnca::precision::cpu_has_native_bf16(),
+        "{out16}"
+    );
     assert_eq!((fp32.len(), bf16.len()), (4, 4));
     let diffs: Vec<f64> = fp32.iter().zip(&bf16).map(|(a, b)| b - a).collect();
     assert!(

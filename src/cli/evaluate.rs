@@ -97,6 +97,9 @@ pub struct DamageEvalArgs {
 pub(super) fn cmd_eval(a: EvalArgs, device: tch::Device) -> anyhow::Result<()> {
     let (model, mut cfg) = load_model(&a.checkpoint, a.arch.explicit()?, device)?;
     a.precision.configure();
+    if let Some(warning) = a.precision.slowness_warning(device) {
+        eprintln!("{warning}");
+    }
     let split = match &a.data {
         Some(p) if p.extension().is_some_and(|e| e == "amat") => {
             let set = data::amat::read_amat(p)?;

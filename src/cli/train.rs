@@ -82,6 +82,9 @@ pub(super) fn cmd_train(a: TrainArgs, device: tch::Device, threads: usize) -> an
             cfg.train.steps,
             out.display()
         );
+        if let Some(warning) = cfg.train.precision.slowness_warning(device) {
+            eprintln!("{warning}");
+        }
         if let (Some(from), false) = (&cfg.train.init_from, a.resume) {
             eprintln!("starting from the weights of `{}`", from.display());
         }
