@@ -108,13 +108,12 @@ impl Precision {
     /// One warning line when this precision will be slow on `device`: bf16 on a CPU that
     /// emulates it. A user who sets `train.precision = "bf16"` to go faster on a laptop
     /// would otherwise get a run many times slower and no hint why.
-    pub fn slowness_warning(self, device: Device) -> Option<String> {
-        (self == Precision::Bf16 && device == Device::Cpu && !cpu_has_native_bf16()).then(|| {
+    pub fn slowness_warning(self, device: Device) -> Option<&'static str> {
+        (self == Precision::Bf16 && device == Device::Cpu && !cpu_has_native_bf16()).then_some(
             "warning: bf16 on a CPU without bfloat16 arithmetic (no avx512_bf16 in `lscpu`): \
              it is emulated and slower than fp32 (a training step took 10x as long on an \
-             AVX2 AMD EPYC: docs/BENCHMARKS.md, lever 8); --precision fp32 is faster here"
-                .to_string()
-        })
+             AVX2 AMD EPYC: docs/BENCHMARKS.md, lever 8); --precision fp32 is faster here",
+        )
     }
 }
 
