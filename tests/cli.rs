@@ -568,3 +568,70 @@ fn train_init_from_starts_from_a_trained_model_and_widens_a_narrower_one() {
         "{err}"
     );
 }
+
+#[test]
+fn export_keeps_the_model_and_drops_the_training_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("latest.safetensors");
+    std::fs::copy(NARROW_DAMAGE_MODEL, &run).unwrap();
+    let weights = dir.path().join("w.safetensors");
+    let (run_s, weights_s) = (run.to_str().unwrap(), weights.to_str().unwrap());
+    let printed = ok(&["export", "--checkpoint", run_s, "--out", weights_s]);
+    assert!(printed.contains("at step "), "{printed}");
+
+    let (src_bytes, dst_bytes) = (
+        std::fs::read(&run).unwrap(),
+        std::fs::read(&weights).unwrap(),
+    );
+    let src = safetensors::SafeTensors::deserialize(&src_bytes).unwrap();
+    let dst = safetensors::SafeTensors::deserialize(&dst_bytes).unwrap();
+    let mut model_names: Vec<String> = src
+        .names()
+        .into_iter()
+        .filter(|n| !n.starts_with("adam.") && !n.starts_with("pool."))
+        .cloned()
+        .collect();
+    model_names.sort();
+    let mut kept: Vec<String> = dst.names().into_iter().cloned().collect();
+    kept.sort();
+    assert_eq!(kept, model_names);
+    assert!(
+        src.names().len() > 2 * kept.len(),
+        "the run holds Adam's moments"
+    );
+    for name in &kept {
+        let (a, b) = (src.tensor(name).unwrap(), dst.tensor(name).unwrap());
+        assert_eq!((a.shape(), a.data()), (b.shape(), b.data()), "{name}");
+    }
+    // The config and the step travel in the header: the file loads on its own and gives
+    // the run's numbers to the last digit.
+    let eval = |ck: &str| {
+        let args = [
+            "eval",
+            "--checkpoint",
+            ck,
+            "--posterior-mean",
+            "--limit",
+            "4",
+        ];
+        ok(&[&args[..], &["--json"]].concat())
+    };
+    assert_eq!(eval(run_s), eval(weights_s));
+    assert!(
+        printed.contains(&format!("{} model tensors", kept.len())),
+        "{printed}"
+    );
+
+    // Never over the run's own checkpoint (its Adam state would be lost), and it stays intact.
+    let err = fails(&["export", "--checkpoint", run_s, "--out", run_s]);
+    assert!(err.contains("optimizer state"), "{err}");
+    assert_eq!(std::fs::read(&run).unwrap(), src_bytes);
+    let err = fails(&[
+        "export",
+        "--checkpoint",
+        "/nonexistent/l.safetensors",
+        "--out",
+        weights_s,
+    ]);
+    assert!(err.contains("/nonexistent/l.safetensors"), "{err}");
+}

@@ -6,6 +6,7 @@ mod check;
 mod data;
 mod dist_selftest;
 mod evaluate;
+mod export;
 mod info;
 mod pictures;
 mod serve;
@@ -15,6 +16,7 @@ pub use bench::{BenchArgs, BenchShape};
 pub use check::CheckArgs;
 pub use data::DataCommand;
 pub use evaluate::{DamageEvalArgs, EvalArgs};
+pub use export::ExportArgs;
 pub use pictures::{FiguresArgs, SampleArgs};
 pub use serve::ServeArgs;
 pub use train::{Interrupted, TrainArgs};
@@ -59,6 +61,9 @@ pub enum Command {
     Figures(FiguresArgs),
     /// Print a model summary and its parameter count.
     Info(ArchArgs),
+    /// Write a checkpoint's model weights alone (no optimizer state, no damage pool): the
+    /// file to ship or share.
+    Export(ExportArgs),
     /// Data preparation.
     #[command(subcommand)]
     Data(DataCommand),
@@ -117,6 +122,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DamageEval(a) => evaluate::cmd_damage_eval(a, device),
         Command::Figures(a) => pictures::cmd_figures(a, device),
         Command::Info(a) => info::cmd_info(a),
+        Command::Export(a) => export::cmd_export(a),
         Command::Data(d) => data::cmd_data(d),
         Command::Bench(a) => bench::cmd_bench(a, device, threads, !cli.keep_denormals),
         Command::Serve(a) => serve::cmd_serve(a, device),
