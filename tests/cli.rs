@@ -577,7 +577,8 @@ fn export_keeps_the_model_and_drops_the_training_state() {
     let weights = dir.path().join("w.safetensors");
     let (run_s, weights_s) = (run.to_str().unwrap(), weights.to_str().unwrap());
     let printed = ok(&["export", "--checkpoint", run_s, "--out", weights_s]);
-    assert!(printed.contains("at step "), "{printed}");
+    // The demo run's `latest` holds its state at update 56,500 (checkpoints/README.md).
+    assert!(printed.contains("at step 56500"), "{printed}");
 
     let (src_bytes, dst_bytes) = (
         std::fs::read(&run).unwrap(),
