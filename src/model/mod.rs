@@ -215,6 +215,12 @@ impl UpdateNet {
         }
     }
 
+    /// The last layer's weight [Z, hidden, 1, 1]: row `c` is what a step writes into state
+    /// channel `c` (`widen` gives a widened model's new channels their first writes here).
+    pub fn output_weight(&self) -> &Tensor {
+        &self.out.ws
+    }
+
     /// The convolutions in the order they run.
     fn convs(&self) -> impl Iterator<Item = &nn::Conv2D> {
         std::iter::once(&self.perceive)
