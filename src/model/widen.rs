@@ -24,7 +24,8 @@
 //! channel has something to be read for. Measured, this is not what holds a widened
 //! model back (docs/EXPERIMENTS.md): widening the hidden-128 demo model from Z = 32 to 64,
 //! the new reading columns were at 1.1% of the old ones' norm after 526 updates with 0
-//! rows, and at 1.2% after 500 with these writes.
+//! rows, and at 1.2% after 500 with these writes; zeroing them then moved -log p(x | mu)
+//! of 256 validation images by 0.03 nats: the new channels carried nothing yet.
 use super::{Decoder, Params, Vnca};
 use crate::config::DecoderKind;
 use crate::noise::{Noise, NoiseSource};
