@@ -1,9 +1,10 @@
 //! Starting a wider VNCA from a trained narrower one, so that the wide model computes
 //! exactly what the narrow one did and training goes on from there (the function-preserving
 //! widening of Net2Net, Chen et al. 2016, arXiv 1511.05641, done with zeros and small
-//! draws instead of copies). Why: the cells of a non-doubling model hold the whole state the NCA keeps, and
-//! a model trained at a small `z_dim` can run out of room (docs/EXPERIMENTS.md); a wider
-//! one started from it keeps what was learnt instead of starting from noise.
+//! draws instead of copies). Why: the cells of a non-doubling model hold the whole state
+//! the NCA keeps, and a model trained at a small `z_dim` can run out of room
+//! (docs/EXPERIMENTS.md); a wider one started from it keeps what was learnt instead of
+//! starting from noise.
 //!
 //! The narrow model's numbers go into the leading slices of the wide one's tensors. Of the
 //! rest:
