@@ -23,8 +23,8 @@
 //! that read it would get gradients of mean 0 and the rows that write it none at all: a
 //! saddle that only Adam's noise leaves. Written with features of the old state, a new
 //! channel has something to be read for. Measured, this is not what holds a widened
-//! model back (docs/EXPERIMENTS.md): widening the hidden-128 demo model from Z = 32 to 64,
-//! the new reading columns were at 1.1% of the old ones' norm after 526 updates with 0
+//! model back (docs/EXPERIMENTS.md): widening the hidden-128 damage model from Z = 32 to
+//! 64, the new reading columns were at 1.1% of the old ones' norm after 526 updates with 0
 //! rows, and at 1.2% after 500 with these writes; zeroing them then moved -log p(x | mu)
 //! of 256 validation images by 0.03 nats: the new channels carried nothing yet.
 use super::{Decoder, Params, Vnca};
