@@ -29,8 +29,8 @@ pub static MODELS: [ShippedModel; 3] = [
         bytes: include_bytes!("../models/mnist-doubling-small.safetensors"),
     },
     ShippedModel {
-        name: "mnist-nondoubling-damage-h128",
-        bytes: include_bytes!("../models/mnist-nondoubling-damage-h128.safetensors"),
+        name: "mnist-nondoubling-damage-h256",
+        bytes: include_bytes!("../models/mnist-nondoubling-damage-h256.safetensors"),
     },
     ShippedModel {
         name: "emoji-doubling-small",
@@ -140,7 +140,7 @@ impl fmt::Display for ModelSource {
 }
 
 /// `--checkpoint X`: an existing file is read; otherwise the name of a shipped model
-/// (`mnist-nondoubling-damage-h128`) picks it; anything else stays a path, and loading
+/// (`mnist-nondoubling-damage-h256`) picks it; anything else stays a path, and loading
 /// it says that it was found neither way.
 impl FromStr for ModelSource {
     type Err = std::convert::Infallible;
@@ -173,8 +173,8 @@ mod tests {
 
     #[test]
     fn names_pick_shipped_models_and_paths_stay_paths() {
-        let s: ModelSource = "mnist-nondoubling-damage-h128".parse().unwrap();
-        assert!(matches!(s, ModelSource::Shipped(m) if m.name == "mnist-nondoubling-damage-h128"));
+        let s: ModelSource = "mnist-nondoubling-damage-h256".parse().unwrap();
+        assert!(matches!(s, ModelSource::Shipped(m) if m.name == "mnist-nondoubling-damage-h256"));
         let f: ModelSource = "runs/x/best.safetensors".parse().unwrap();
         assert_eq!(f.path(), Some(Path::new("runs/x/best.safetensors")));
         assert_eq!(f.short_name(), "x/best");

@@ -194,6 +194,8 @@ fn update_net_multiply_adds_per_cell_follow_its_kind() {
         ("mnist-doubling", 256 * 9 * 256 + 8 * 256 * 256 + 256 * 256),
         // 3x3 conv 32 -> 128, 1x1 conv 128 -> 32.
         ("mnist-nondoubling-damage-h128", 32 * 9 * 128 + 128 * 32),
+        // 3x3 conv 32 -> 256, 1x1 conv 256 -> 32.
+        ("mnist-nondoubling-damage-h256", 32 * 9 * 256 + 256 * 32),
     ] {
         let cfg = Config::preset(preset).unwrap();
         let model = Vnca::new(&cfg.model, Device::Cpu, 0);
